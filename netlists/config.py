@@ -1,0 +1,418 @@
+"""Typed configuration of the hardware being modelled and of the solver.
+
+Every block of the circuit is a frozen dataclass with one field per physical quantity; the
+unit is in the field name (``r_wire_row_ohm``, ``v_read_v``) or, for dimensionless numbers,
+in the field's ``doc``. Values are checked once, at construction, against the range in the
+field's metadata; a bad value raises :class:`~netlists.errors.ConfigError` naming the field,
+the value and the allowed range. ``HardwareConfig`` groups the blocks; ``SolverConfig`` holds
+what only affects how ngspice is driven. Both load from and save to TOML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import tomli_w
+
+from netlists.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "DeviceParams",
+    "TransistorParams",
+    "ArrayParams",
+    "TIAParams",
+    "ADCParams",
+    "DriveParams",
+    "HardwareConfig",
+    "SolverConfig",
+    "PRESETS",
+    "preset",
+    "load_config",
+    "save_config",
+]
+
+
+def _q(default: Any, lo: float | None = None, hi: float | None = None, *,
+       lo_open: bool = False, doc: str = "") -> Any:
+    """A numeric field with an allowed range ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "lo_open": lo_open, "doc": doc})
+
+
+def _choice(default: str, choices: tuple[str, ...], *, doc: str = "") -> Any:
+    return field(default=default, metadata={"choices": choices, "doc": doc})
+
+
+class _Validated:
+    """Mixin: range-check every field declared with :func:`_q` or :func:`_choice`."""
+
+    section: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            name = f"{self.section}.{f.name}" if self.section else f.name
+            meta = f.metadata
+            if "choices" in meta:
+                if value not in meta["choices"]:
+                    raise ConfigError(
+                        f"{name} = {value!r} is not allowed: choose one of {list(meta['choices'])}")
+                continue
+            if "lo" not in meta:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name} = {value!r} must be a number")
+            if isinstance(f.default, int) and not isinstance(f.default, bool) \
+                    and not isinstance(value, int):
+                raise ConfigError(f"{name} = {value!r} must be a whole number")
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} = {value!r} must be finite")
+            lo, hi = meta["lo"], meta["hi"]
+            too_low = lo is not None and (value <= lo if meta["lo_open"] else value < lo)
+            too_high = hi is not None and value > hi
+            if too_low or too_high:
+                left = "(" if meta["lo_open"] else "["
+                lo_s = "-inf" if lo is None else f"{lo:g}"
+                hi_s = "inf" if hi is None else f"{hi:g}"
+                unit = f" ({meta['doc']})" if meta["doc"] else ""
+                raise ConfigError(
+                    f"{name} = {value!r} is out of range: allowed {left}{lo_s}, {hi_s}]{unit}")
+        self._check()
+
+    def _check(self) -> None:
+        """Cross-field checks; overridden where fields constrain each other."""
+
+
+@dataclass(frozen=True)
+class DeviceParams(_Validated):
+    """Bulk-switching (area-dependent, forming-free) RRAM compact model.
+
+    The state is the oxygen-vacancy concentration ``N`` of the switching bulk, in units of
+    1e26 m^-3. The equations, and where each value comes from, are in
+    ``netlists/README.md`` and in the header of the rendered subcircuit.
+    """
+
+    section: ClassVar[str] = "device"
+
+    area_nm2: float = _q(10000.0, 0.0, 1e8, lo_open=True, doc="device area, nm^2")
+    thickness_nm: float = _q(5.0, 0.0, 1000.0, lo_open=True, doc="switching-layer thickness, nm")
+    mobility_m2_vs: float = _q(2.0e-7, 0.0, 1.0, lo_open=True,
+                               doc="electron mobility in the vacancy-doped bulk, m^2/(V s)")
+    n_min: float = _q(0.5, 0.0, 100.0, lo_open=True, doc="lower bound of N, 1e26 m^-3")
+    n_max: float = _q(6.3, 0.0, 100.0, lo_open=True, doc="upper bound of N, 1e26 m^-3")
+    n_init: float = _q(5.9, 0.0, 100.0, lo_open=True,
+                       doc="N of a pristine device (born in the high-conductance state), 1e26 m^-3")
+    phi_b0_ev: float = _q(0.35, 0.0, 2.0, doc="barrier height at N -> 0, eV")
+    alpha_b_ev: float = _q(0.07, 0.0, 2.0,
+                           doc="image-force barrier lowering per (N / 1e26 m^-3)^(1/4), eV")
+    j_b_s_m2: float = _q(1.2e14, 0.0, 1e20, lo_open=True,
+                         doc="barrier conductance prefactor per area, S/m^2")
+    v0_barrier_v: float = _q(0.3, 0.0, 10.0, lo_open=True,
+                             doc="tunnel-barrier voltage scale of the sinh law, V")
+    r_series_ohm: float = _q(1000.0, 0.0, 1e7, doc="electrode and contact series resistance, ohm")
+    r_th_k_w: float = _q(3.0e5, 0.0, 1e9, doc="thermal resistance to ambient, K/W")
+    tau_th_s: float = _q(1e-9, 0.0, 1e-3, lo_open=True, doc="thermal time constant, s")
+    t_ambient_k: float = _q(300.0, 1.0, 600.0, doc="ambient temperature, K")
+    ea_set_ev: float = _q(0.6, 0.0, 5.0, doc="ion-hopping activation energy, SET direction, eV")
+    ea_reset_ev: float = _q(0.6, 0.0, 5.0, doc="ion-hopping activation energy, RESET direction, eV")
+    nu_set_hz: float = _q(4e9, 0.0, 1e30, lo_open=True,
+                          doc="rate prefactor, SET direction, (1e26 m^-3)/s")
+    nu_reset_hz: float = _q(1.2e10, 0.0, 1e30, lo_open=True,
+                            doc="rate prefactor, RESET direction, (1e26 m^-3)/s")
+    hop_distance_nm: float = _q(0.86, 0.0, 10.0, lo_open=True, doc="ion-hopping distance, nm")
+    z_vo: float = _q(2.0, 0.0, 6.0, lo_open=True, doc="charge number of an oxygen vacancy")
+    p_window_set: float = _q(2.0, 0.0, 50.0, lo_open=True, doc="window exponent near n_max")
+    p_window_reset: float = _q(1.0, 0.0, 50.0, lo_open=True, doc="window exponent near n_min")
+    v_valid_max_v: float = _q(3.5, 0.0, 20.0, lo_open=True,
+                              doc="largest |voltage| across a cell for which the model is valid, V")
+    c2c_sigma: float = _q(0.1, 0.0, 2.0,
+                          doc="cycle-to-cycle spread: log-normal sigma of the rate, per pulse")
+    d2d_rate_sigma: float = _q(0.1, 0.0, 2.0,
+                               doc="device-to-device spread: log-normal sigma of the rate")
+    d2d_window_sigma: float = _q(0.03, 0.0, 1.0,
+                                 doc="device-to-device spread: log-normal sigma of n_min and n_max")
+
+    def _check(self) -> None:
+        if not self.n_min < self.n_max:
+            raise ConfigError(
+                f"device.n_min = {self.n_min!r} must be below device.n_max = {self.n_max!r}")
+        if not self.n_min <= self.n_init <= self.n_max:
+            raise ConfigError(
+                f"device.n_init = {self.n_init!r} must lie in [n_min, n_max] = "
+                f"[{self.n_min!r}, {self.n_max!r}]")
+
+
+@dataclass(frozen=True)
+class TransistorParams(_Validated):
+    """NMOS access transistor of the 1T1R cell (BSIM4, 65 nm-class thick-oxide I/O device).
+
+    Only the fields below are set in the model card; every other BSIM4 parameter keeps its
+    default. The card is documented in ``netlists/README.md``.
+    """
+
+    section: ClassVar[str] = "transistor"
+
+    w_um: float = _q(0.6, 0.0, 100.0, lo_open=True, doc="gate width, um")
+    l_um: float = _q(0.28, 0.0, 100.0, lo_open=True, doc="gate length, um")
+    vth0_v: float = _q(0.45, 0.0, 2.0, doc="long-channel threshold voltage, V")
+    toxe_nm: float = _q(5.0, 0.5, 50.0, doc="electrical gate-oxide thickness, nm")
+    u0_m2_vs: float = _q(0.03, 0.0, 1.0, lo_open=True, doc="low-field mobility, m^2/(V s)")
+    vsat_m_s: float = _q(8.0e4, 0.0, 1e7, lo_open=True, doc="saturation velocity, m/s")
+    rdsw_ohm_um: float = _q(300.0, 0.0, 1e5, doc="source/drain resistance per width, ohm um")
+
+
+@dataclass(frozen=True)
+class ArrayParams(_Validated):
+    """The crossbar: rows are driven inputs, columns are summed into TIAs."""
+
+    section: ClassVar[str] = "array"
+
+    rows: int = _q(64, 1, 4096)
+    cols: int = _q(64, 1, 4096)
+    r_wire_row_ohm: float = _q(1.0, 0.0, 1e6, doc="row-line resistance per cell segment, ohm")
+    r_wire_col_ohm: float = _q(1.0, 0.0, 1e6, doc="column-line resistance per cell segment, ohm")
+    r_driver_ohm: float = _q(20.0, 0.0, 1e6, doc="output resistance of a row driver, ohm")
+    v_gate_read_v: float = _q(2.5, 0.0, 5.0, doc="word-line (gate) voltage during a read, V")
+
+
+@dataclass(frozen=True)
+class TIAParams(_Validated):
+    """Transimpedance amplifier: single-pole op-amp macro-model with a feedback resistor."""
+
+    section: ClassVar[str] = "tia"
+
+    r_feedback_ohm: float = _q(5000.0, 0.0, 1e9, lo_open=True, doc="feedback resistance, ohm")
+    open_loop_gain: float = _q(1e4, 1.0, 1e9, doc="DC open-loop gain, V/V")
+    gbw_hz: float = _q(500e6, 0.0, 1e12, lo_open=True, doc="gain-bandwidth product, Hz")
+    v_rail_low_v: float = _q(-1.5, -10.0, 0.0, doc="lower output rail, V")
+    v_rail_high_v: float = _q(1.5, 0.0, 10.0, doc="upper output rail, V")
+    v_offset_v: float = _q(0.0, -0.1, 0.1, doc="input-referred offset voltage, V")
+    v_clamp_knee_v: float = _q(0.05, 0.0, 1.0, lo_open=True,
+                               doc="width of the smooth knee where the output meets a rail, V")
+
+
+@dataclass(frozen=True)
+class ADCParams(_Validated):
+    """Multi-cycle sampling ADC front-end, one shared by ``columns_per_adc`` columns."""
+
+    section: ClassVar[str] = "adc"
+
+    bits: int = _q(8, 1, 16)
+    columns_per_adc: int = _q(8, 1, 4096)
+    v_full_scale_v: float = _q(1.0, 0.0, 10.0, lo_open=True,
+                               doc="accumulated voltage that maps to the top code, V")
+    c_sample_f: float = _q(100e-15, 0.0, 1e-6, lo_open=True, doc="sampling capacitor, F")
+    comparator_offset_v: float = _q(0.0, -0.5, 0.5, doc="comparator offset, V")
+    inl_lsb: float = _q(0.0, -8.0, 8.0, doc="peak integral nonlinearity (bow), LSB")
+    noise_v_rms: float = _q(0.0, 0.0, 0.5, doc="input-referred conversion noise, V rms")
+    r_switch_on_ohm: float = _q(1000.0, 0.0, 1e7, lo_open=True,
+                                doc="on-resistance of a sampling switch, ohm")
+
+
+@dataclass(frozen=True)
+class DriveParams(_Validated):
+    """Read and write waveforms."""
+
+    section: ClassVar[str] = "drive"
+
+    v_read_v: float = _q(0.1, 0.0, 1.0, lo_open=True, doc="read (input '1') voltage, V")
+    input_bits: int = _q(8, 1, 16)
+    t_bit_s: float = _q(20e-9, 0.0, 1e-3, lo_open=True, doc="period of one input bit, s")
+    t_edge_s: float = _q(1e-9, 0.0, 1e-3, lo_open=True, doc="rise and fall time of a pulse, s")
+    v_set_min_v: float = _q(1.5, 0.0, 10.0, doc="smallest SET amplitude of write-and-verify, V")
+    v_set_max_v: float = _q(3.0, 0.0, 10.0, doc="largest SET amplitude of write-and-verify, V")
+    v_reset_min_v: float = _q(1.5, 0.0, 10.0, doc="smallest RESET amplitude, V")
+    v_reset_max_v: float = _q(3.0, 0.0, 10.0, doc="largest RESET amplitude, V")
+    v_set_pulse_v: float = _q(2.2, 0.0, 10.0,
+                              doc="amplitude of a plain (non-adaptive) SET pulse, V")
+    v_reset_pulse_v: float = _q(3.0, 0.0, 10.0,
+                                doc="amplitude of a plain (non-adaptive) RESET pulse, V")
+    t_write_s: float = _q(100e-9, 0.0, 1e-3, lo_open=True, doc="SET/RESET pulse width, s")
+    v_gate_set_v: float = _q(2.0, 0.0, 5.0, doc="gate voltage during SET (compliance), V")
+    v_gate_reset_v: float = _q(3.0, 0.0, 5.0, doc="gate voltage during RESET, V")
+
+    def _check(self) -> None:
+        for kind in ("set", "reset"):
+            lo, hi = getattr(self, f"v_{kind}_min_v"), getattr(self, f"v_{kind}_max_v")
+            if lo > hi:
+                raise ConfigError(
+                    f"drive.v_{kind}_min_v = {lo!r} must not exceed drive.v_{kind}_max_v = {hi!r}")
+        for kind in ("set", "reset"):
+            v = getattr(self, f"v_{kind}_pulse_v")
+            lo, hi = getattr(self, f"v_{kind}_min_v"), getattr(self, f"v_{kind}_max_v")
+            if not lo <= v <= hi:
+                raise ConfigError(f"drive.v_{kind}_pulse_v = {v!r} must lie in "
+                                  f"[drive.v_{kind}_min_v, drive.v_{kind}_max_v] = [{lo!r}, {hi!r}]")
+        if 2 * self.t_edge_s >= self.t_bit_s:
+            raise ConfigError(
+                f"drive.t_edge_s = {self.t_edge_s!r} must be below half of "
+                f"drive.t_bit_s = {self.t_bit_s!r}")
+
+
+_BLOCKS: dict[str, type] = {
+    "device": DeviceParams,
+    "transistor": TransistorParams,
+    "array": ArrayParams,
+    "tia": TIAParams,
+    "adc": ADCParams,
+    "drive": DriveParams,
+}
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """Everything that describes the circuit being modelled."""
+
+    device: DeviceParams = field(default_factory=DeviceParams)
+    transistor: TransistorParams = field(default_factory=TransistorParams)
+    array: ArrayParams = field(default_factory=ArrayParams)
+    tia: TIAParams = field(default_factory=TIAParams)
+    adc: ADCParams = field(default_factory=ADCParams)
+    drive: DriveParams = field(default_factory=DriveParams)
+
+    def __post_init__(self) -> None:
+        for name, cls in _BLOCKS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"{name} must be a {cls.__name__}, got "
+                                  f"{type(getattr(self, name)).__name__}")
+        if self.drive.v_set_max_v > self.device.v_valid_max_v or \
+                self.drive.v_reset_max_v > self.device.v_valid_max_v:
+            raise ConfigError(
+                f"drive pulse amplitudes up to {max(self.drive.v_set_max_v, self.drive.v_reset_max_v)!r} V "
+                f"exceed the device model's validity, device.v_valid_max_v = "
+                f"{self.device.v_valid_max_v!r} V")
+
+    def replace(self, **blocks: Mapping[str, Any]) -> "HardwareConfig":
+        """A copy with fields of named blocks changed: ``cfg.replace(array={"rows": 8})``."""
+        new = {}
+        for name, changes in blocks.items():
+            if name not in _BLOCKS:
+                raise ConfigError(f"unknown configuration block {name!r}: "
+                                  f"choose from {list(_BLOCKS)}")
+            new[name] = _build_block(name, {**dataclasses.asdict(getattr(self, name)),
+                                            **dict(changes)})
+        return dataclasses.replace(self, **new)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in _BLOCKS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, base: "HardwareConfig | None" = None
+                  ) -> "HardwareConfig":
+        """Build from nested mappings; blocks or fields left out keep ``base``'s values."""
+        base = base or cls()
+        unknown = set(data) - set(_BLOCKS) - {"solver"}
+        if unknown:
+            raise ConfigError(f"unknown configuration block(s) {sorted(unknown)}: "
+                              f"choose from {list(_BLOCKS)}")
+        blocks = {}
+        for name in _BLOCKS:
+            section = data.get(name, {})
+            if not isinstance(section, Mapping):
+                raise ConfigError(f"[{name}] must be a table of fields, got {section!r}")
+            blocks[name] = _build_block(
+                name, {**dataclasses.asdict(getattr(base, name)), **dict(section)})
+        return cls(**blocks)
+
+
+def _build_block(name: str, values: Mapping[str, Any]) -> Any:
+    cls = _BLOCKS[name]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown field(s) {sorted(unknown)} in [{name}]: "
+                          f"known fields are {sorted(known)}")
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class SolverConfig(_Validated):
+    """How ngspice is driven; changes no physics."""
+
+    section: ClassVar[str] = "solver"
+
+    backend: str = _choice("shared", ("shared", "batch"),
+                           doc="'shared': libngspice in a worker process; 'batch': ngspice -b")
+    timeout_s: float = _q(600.0, 0.0, 86400.0, lo_open=True,
+                          doc="a solve running longer is killed, s")
+    recycle_after: int = _q(200, 1, 10**6, doc="solves before a worker's ngspice is restarted")
+    retries: int = _q(2, 0, 5, doc="convergence aids tried after a failed solve")
+    steps_per_bit: int = _q(20, 4, 10000, doc="transient steps per input-bit period")
+    steps_per_pulse: int = _q(8, 2, 10000,
+                              doc="largest transient step of a pulse train, as a fraction of "
+                                  "the shorter of a write pulse and a read")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SolverConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown field(s) {sorted(unknown)} in [solver]: "
+                              f"known fields are {sorted(known)}")
+        return cls(**data)
+
+
+def _chip() -> HardwareConfig:
+    return HardwareConfig(array=ArrayParams(rows=64, cols=64))
+
+
+def _paper_sim() -> HardwareConfig:
+    return HardwareConfig(array=ArrayParams(rows=256, cols=64))
+
+
+def _tiny() -> HardwareConfig:
+    return HardwareConfig(array=ArrayParams(rows=8, cols=8))
+
+
+PRESETS = {"chip": _chip, "paper-sim": _paper_sim, "tiny": _tiny}
+
+
+def preset(name: str) -> HardwareConfig:
+    """The named preset: ``chip`` (64x64, the paper's chip), ``paper-sim`` (256x64), ``tiny``."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}") from None
+
+
+def load_config(path: str | os.PathLike[str], *, base: HardwareConfig | None = None
+                ) -> tuple[HardwareConfig, SolverConfig]:
+    """Read a TOML file with ``[device]``, ``[array]``, ... and an optional ``[solver]`` table."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"configuration file {str(path)!r} is not valid TOML: {err}") from err
+    hardware = HardwareConfig.from_dict(data, base=base)
+    solver = SolverConfig.from_dict(data.get("solver", {}))
+    return hardware, solver
+
+
+def save_config(path: str | os.PathLike[str], hardware: HardwareConfig,
+                solver: SolverConfig | None = None) -> None:
+    """Write the configuration as TOML, atomically."""
+    data: dict[str, Any] = hardware.to_dict()
+    if solver is not None:
+        data["solver"] = dataclasses.asdict(solver)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            tomli_w.dump(data, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
