@@ -13,6 +13,12 @@ socket ``FD`` with :class:`multiprocessing.connection.Connection` messages:
 * worker -> runner, once: ``("ready", info)`` or ``("unavailable", message)``;
 * runner -> worker: ``("run", deck_text)`` -> ``("done", reply)`` (see :meth:`_Host.solve`),
   or ``("crash", traceback)`` after which the worker exits; ``("close",)`` ends it.
+* kept circuits (:class:`circuitsim.runner.LoadedCircuit`): ``("load", deck_text)`` parses a
+  deck and keeps it loaded (:meth:`_Host.load`); ``("rerun", deck_text_or_None,
+  alterations)`` optionally (re)loads a deck, applies source alterations and re-runs the
+  kept circuit's analysis (:meth:`_Host.rerun`); ``("drop",)`` removes the kept circuit.
+  Each is answered with ``("done", reply)``. At most one circuit is kept: ``run`` and
+  ``load`` drop it first.
 
 This module imports only the standard library, numpy and PySpice, so that it starts fast
 and never imports torch or the rest of the project. It makes no decision about success or
@@ -40,6 +46,13 @@ _TYPE_NAMES = {1: "time", 3: "voltage", 4: "current"}
 # fails ("ngspice.dll cannot recover and awaits to be reset or detached").
 _DEAD_MARKERS = ("cannot recover", "awaits to be reset")
 
+# Name of the scratch vector (in the 'const' plot) through which alteration values are
+# handed to ngspice's ``alter`` command; deleted right after use.
+_SCRATCH = "circuitsim_alter"
+_ALTER_PARAMS = {"dc": "dc", "pwl": "pwl"}
+# Source names the command line passes through unchanged (no $ substitution, no > redirect).
+_NAME = re.compile(r"[a-z0-9_.:+\-]+")
+
 
 class _Host:
     """One loaded libngspice, driven synchronously through PySpice's ``NgSpiceShared``.
@@ -61,6 +74,7 @@ class _Host:
         self._ffi = ffi
         self._lines: list[str] = []
         self.exited = False
+        self.kept = False  # a circuit stays loaded between requests (load / rerun)
 
         class _Shared(NgSpiceShared):  # type: ignore[misc]
             LIBRARY_PATH = library
@@ -149,30 +163,47 @@ class _Host:
             found.append((name, _TYPE_NAMES.get(int(info.v_type), "other"), values))
         return found, complex_data
 
+    def _begin(self) -> float:
+        self._lines.clear()
+        self._shared.clear_output()
+        self._command("set num_threads=1")
+        return time.perf_counter()
+
+    def _run_analysis(self) -> tuple[str | None, list[tuple[str, str, np.ndarray]], bool]:
+        """Run the current circuit's analysis; the new plot's name, vectors, complex flag."""
+        self._command("run")
+        current = self._lib.ngSpice_CurPlot()
+        name = self._ffi.string(current).decode("utf-8") if current != self._ffi.NULL else ""
+        if name and name != "const":
+            vectors, complex_data = self._read_plot(name)
+            return name, vectors, complex_data
+        return None, [], False
+
+    def _drop_kept(self) -> None:
+        """Remove the kept circuit (and every plot), if there is one."""
+        if self.kept:
+            self.kept = False
+            self._command("destroy all")
+            self._command("remcirc")
+            self._lib.ngSpice_Command(self._ffi.NULL)
+
     def solve(self, text: str) -> dict[str, Any]:
         """Load ``text``, run its analysis, and return what ngspice produced.
 
         The reply holds ``plot`` (the new plot's name, or ``None``), ``vectors`` (list of
         ``(name, type, values)`` with ngspice's own names), ``complex``, ``log`` (output
         lines), ``seconds`` (load + run wall time), and ``dead`` (the library must not be
-        used again; the worker exits after replying).
+        used again; the worker exits after replying). A kept circuit is dropped first.
         """
-        self._lines.clear()
-        self._shared.clear_output()
-        self._command("set num_threads=1")
-        start = time.perf_counter()
+        self._drop_kept()
+        start = self._begin()
         rc = self._load(text)
         dead = rc != 0 or self._dead()
         plot: str | None = None
         vectors: list[tuple[str, str, np.ndarray]] = []
         complex_data = False
         if not dead:
-            self._command("run")
-            current = self._lib.ngSpice_CurPlot()
-            name = self._ffi.string(current).decode("utf-8") if current != self._ffi.NULL else ""
-            if name and name != "const":
-                plot = name
-                vectors, complex_data = self._read_plot(name)
+            plot, vectors, complex_data = self._run_analysis()
         seconds = time.perf_counter() - start
         log = list(self._lines)
         dead = dead or self._dead() or self.exited
@@ -185,6 +216,86 @@ class _Host:
             dead = self.exited
         return {"plot": plot, "vectors": vectors, "complex": complex_data, "log": log,
                 "seconds": seconds, "dead": dead}
+
+    def load(self, text: str) -> dict[str, Any]:
+        """Parse ``text`` and keep it loaded (dropping any kept circuit first).
+
+        The reply holds ``log``, ``seconds``, ``dead`` and ``loaded`` (a circuit is now
+        kept). Whether ngspice accepted the deck is for the runner to judge from the log.
+        """
+        self._drop_kept()
+        start = self._begin()
+        dead = self._load_kept(text)
+        seconds = time.perf_counter() - start
+        dead = dead or self.exited
+        if not dead:
+            self._lib.ngSpice_Command(self._ffi.NULL)
+        return {"log": list(self._lines), "seconds": seconds, "dead": dead,
+                "loaded": self.kept and not dead}
+
+    def _load_kept(self, text: str) -> bool:
+        """Load ``text`` as the kept circuit; whether the library is now unusable."""
+        rc = self._load(text)
+        dead = rc != 0 or self._dead()
+        self.kept = not dead
+        return dead
+
+    def rerun(self, text: str | None,
+              alterations: list[tuple[str, str, list[float]]]) -> dict[str, Any]:
+        """Re-run the kept circuit after applying ``alterations``; reply as :meth:`solve`.
+
+        ``text``, when given, is loaded first (replacing any kept circuit): the runner sends
+        it after a worker restart, or when a retry needs different convergence aids.
+        ``alterations`` are ``(source, "dc" | "pwl", values)``; the values are written
+        straight into an ngspice vector (bit-exact, and no limit on the PWL length: an
+        ngspice command line is cut at 1024 characters without a word) that ``alter``
+        then reads. All plots are destroyed after reading; the circuit stays loaded.
+        The reply adds ``loaded`` (a circuit is still kept).
+        """
+        if text is not None:
+            self._drop_kept()
+        start = self._begin()
+        dead = self._load_kept(text) if text is not None else False
+        plot: str | None = None
+        vectors: list[tuple[str, str, np.ndarray]] = []
+        complex_data = False
+        if not dead and not self.kept:
+            self._lines.append("circuitsim worker: no circuit is loaded")
+        elif not dead:
+            for source, kind, values in alterations:
+                self._alter(source, kind, values)
+            plot, vectors, complex_data = self._run_analysis()
+        seconds = time.perf_counter() - start
+        log = list(self._lines)
+        dead = dead or self._dead() or self.exited
+        if not dead:
+            # Free the plots (the circuit stays) and the command history.
+            self._command("destroy all")
+            self._lib.ngSpice_Command(self._ffi.NULL)
+            dead = self.exited
+        return {"plot": plot, "vectors": vectors, "complex": complex_data, "log": log,
+                "seconds": seconds, "dead": dead, "loaded": self.kept and not dead}
+
+    def _alter(self, source: str, kind: str, values: list[float]) -> None:
+        """``alter SOURCE dc|pwl = <vector holding values>``."""
+        if not _NAME.fullmatch(source) or kind not in _ALTER_PARAMS or not values:
+            raise ValueError(f"bad alteration {source!r} {kind!r} ({len(values)} values)")
+        data = np.ascontiguousarray(values, dtype=np.float64)
+        self._command("setplot const")
+        self._command(f"let {_SCRATCH} = vector({len(data)})")
+        info = self._lib.ngGet_Vec_Info(_SCRATCH.encode("ascii"))
+        if info == self._ffi.NULL or int(info.v_length) != len(data) \
+                or info.v_realdata == self._ffi.NULL:
+            raise RuntimeError(f"ngspice did not create the scratch vector {_SCRATCH}")
+        self._ffi.memmove(info.v_realdata, data.tobytes(), 8 * len(data))
+        self._command(f"alter {source} {_ALTER_PARAMS[kind]} = {_SCRATCH}")
+        self._command(f"unlet {_SCRATCH}")
+
+    def drop(self) -> dict[str, Any]:
+        """Remove the kept circuit; reply ``log`` and ``dead``."""
+        self._lines.clear()
+        self._drop_kept()
+        return {"log": list(self._lines), "dead": self.exited}
 
     def _dead(self) -> bool:
         return any(marker in line for line in self._lines for marker in _DEAD_MARKERS)
@@ -205,11 +316,14 @@ def serve(conn: Connection, library: str) -> int:
             return 0  # the runner went away
         if message[0] == "close":
             return 0
-        if message[0] != "run":
+        handlers = {"run": host.solve, "load": host.load, "rerun": host.rerun,
+                    "drop": host.drop}
+        handler = handlers.get(message[0])
+        if handler is None:
             conn.send(("crash", f"unknown request {message[0]!r}"))
             return 1
         try:
-            reply = host.solve(message[1])
+            reply = handler(*message[1:])
         except BaseException:  # noqa: BLE001 - reported to the runner, which raises
             conn.send(("crash", traceback.format_exc()))
             return 1

@@ -66,14 +66,52 @@ Each retry is logged at WARNING level and named in the result's log.
    per volt of leakage per node.
 3. ``loose-tolerances``: ``.options reltol=2e-3 abstol=1e-10 vntol=1e-5``. Twice the default
    relative tolerance and looser absolute ones (default 1e-12 A, 1e-6 V); last resort.
+
+Re-solving a loaded circuit
+---------------------------
+:meth:`Runner.load` checks a deck like :meth:`Runner.run` and keeps it parsed;
+:meth:`LoadedCircuit.alter` changes independent sources (``V...``/``I...`` element lines of
+the deck itself, outside subcircuits and ``.include`` files) and :meth:`LoadedCircuit.run`
+re-runs the deck's analysis with every alteration made so far. Results, success judgement,
+convergence-aid retries and timeouts are those of :meth:`Runner.run`; ``.op`` and ``.dc``
+see a source's DC value, ``.tran`` its transient function if it has one, else its DC value
+(ngspice's own rule). An alteration is either
+
+* a number: the source's DC value (``alter src dc = ...``); a transient function stays, or
+* a PWL point list ``[t0, v0, t1, v1, ...]`` (at least one point, times non-decreasing):
+  replaces the source's transient function (``alter src pwl = ...``); the DC value stays.
+
+``shared`` backend: the circuit stays loaded in the worker; each re-run applies the new
+alterations with ngspice's ``alter`` and issues ``run`` (a fresh plot, freed after reading;
+the parse and the circuit set-up are skipped). The values reach ngspice through a vector
+written in binary, so they are bit-exact and a PWL may be of any length (ngspice silently
+cuts a command line at 1024 characters, so ``alter @v1[pwl] = [ ... ]`` as text would
+corrupt long lists). The runner keeps every alteration on its side: after a worker recycle
+(``recycle_after``, where each re-run counts as a solve), a timeout kill, a crash, or a
+retry that needs other convergence aids, the deck is reloaded and all alterations are
+re-applied, transparently. A retry loads the deck with the aids' cards; the next
+:meth:`LoadedCircuit.run` starts again without aids, as :meth:`Runner.run` would.
+
+``batch`` backend: emulated. Each re-run rewrites the altered source lines of the deck
+(``dc <value>`` and/or ``pwl(...)`` in place of the old DC value / transient function; other
+parts such as ``ac`` stay) and runs the whole deck with ``ngspice -b``: same semantics,
+no speed-up. Numbers are written with Python's shortest round-trip repr; ngspice's own
+number parser may differ from them by one unit in the last place.
+
+One runner keeps at most one loaded circuit: :meth:`Runner.load` of another deck, a plain
+:meth:`Runner.run`, or :meth:`Runner.close` invalidates it (on both backends, so that code
+behaves alike on either), and using it afterwards raises :class:`CircuitInvalidatedError`.
 """
 
 from __future__ import annotations
 
 import ctypes.util
+import dataclasses
 import functools
+import itertools
 import logging
 import math
+import numbers
 import os
 import re
 import shutil
@@ -88,13 +126,15 @@ import weakref
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping, Sequence
+from typing import IO, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from circuitsim.rawfile import read_raw
 from netlists.config import SolverConfig
 from netlists.errors import (
+    CircuitSimError,
+    ConfigError,
     ConvergenceError,
     NetlistError,
     SimulationTimeout,
@@ -104,7 +144,9 @@ from netlists.errors import (
 
 __all__ = [
     "CONVERGENCE_AIDS",
+    "CircuitInvalidatedError",
     "ConvergenceAid",
+    "LoadedCircuit",
     "NgspiceInfo",
     "Runner",
     "SimResult",
@@ -428,6 +470,250 @@ def _prepare(netlist: str, name: str) -> _Deck:
 
 
 # --------------------------------------------------------------------------------------
+# Sources of a deck, alterations, and their rewriting into deck text (batch backend)
+# --------------------------------------------------------------------------------------
+
+# Source names that pass through ngspice's command line unchanged (no "$" substitution,
+# no ">" redirection); the worker checks the same.
+_SOURCE_NAME = re.compile(r"[a-z0-9_.:+\-]+")
+# Transient functions of independent sources (a PWL alteration replaces any of them).
+_TRAN_FUNCTIONS = frozenset({"pulse", "sin", "exp", "pwl", "sffm", "am", "trnoise",
+                             "trrandom"})
+# Keywords that may follow the nodes of a source line; anything else first is its DC value.
+_SOURCE_KEYWORDS = frozenset({"dc", "ac", "distof1", "distof2", "external"}) | _TRAN_FUNCTIONS
+
+
+@dataclass(frozen=True)
+class _SourceLine:
+    """Where an independent source's element line is: ``head[start:stop]`` of a deck."""
+
+    name: str  # lower case
+    start: int
+    stop: int
+
+
+def _is_comment(line: str) -> bool:
+    stripped = line.strip()
+    return not stripped or stripped.startswith("*")
+
+
+def _deck_elements(deck: _Deck) -> tuple[dict[str, _SourceLine], frozenset[str]]:
+    """The deck's top-level independent sources, and the names of all its top-level elements.
+
+    Elements inside ``.subckt`` ... ``.ends`` and in ``.include``/``.lib`` files are not seen.
+    A logical line spans its ``+`` continuation lines (and comment lines between them).
+    """
+    head = deck.head
+    sources: dict[str, _SourceLine] = {}
+    elements: set[str] = set()
+    depth = 0
+    index = 1  # line 0 is the title
+    while index < len(head):
+        stop = index + 1
+        probe = stop
+        while probe < len(head):
+            if head[probe].lstrip().startswith("+"):
+                stop = probe = probe + 1
+            elif _is_comment(head[probe]):
+                probe += 1
+            else:
+                break
+        line = head[index].strip()
+        if not _is_comment(line) and not line.startswith("+"):
+            card = _CARD.match(line)
+            if card is not None:
+                word = card.group(1).lower()
+                if word == "subckt":
+                    depth += 1
+                elif word == "ends":
+                    depth = max(depth - 1, 0)
+            elif depth == 0:
+                name = line.split()[0].lower()
+                elements.add(name)
+                if name[0] in "vi":
+                    sources[name] = _SourceLine(name, index, stop)
+        index = stop
+    return sources, frozenset(elements)
+
+
+def _real(value: object) -> float | None:
+    """``value`` as a float when it is a real number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def _alteration(key: str, value: object) -> tuple[str, tuple[float, ...]]:
+    """``("dc", (v,))`` or ``("pwl", (t0, v0, ...))`` for one requested change."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    number = _real(value)
+    if number is not None:
+        if not math.isfinite(number):
+            raise ConfigError(f"source {key!r}: the DC value {number!r} is not finite")
+        return "dc", (number,)
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise ConfigError(f"source {key!r}: {value!r} is neither a DC value (a number) nor a "
+                          "PWL point list [t0, v0, t1, v1, ...]")
+    points: list[float] = []
+    for item in list(value.reshape(-1)) if isinstance(value, np.ndarray) else value:
+        number = _real(item)
+        if number is None:
+            raise ConfigError(f"source {key!r}: the PWL list holds {item!r}, not a number")
+        if not math.isfinite(number):
+            raise ConfigError(f"source {key!r}: the PWL list holds the non-finite {number!r}")
+        points.append(number)
+    if len(points) < 2 or len(points) % 2:
+        raise ConfigError(f"source {key!r}: a PWL list needs an even number (>= 2) of values "
+                          f"t0, v0, t1, v1, ...; got {len(points)}")
+    times = points[0::2]
+    for k in range(1, len(times)):
+        if times[k] < times[k - 1]:
+            raise ConfigError(f"source {key!r}: PWL times must not decrease; point {k} is at "
+                              f"t = {times[k]!r} after t = {times[k - 1]!r}")
+    return "pwl", tuple(points)
+
+
+def _number_text(value: float) -> str:
+    return repr(float(value))
+
+
+def _strip_inline_comment(text: str) -> str:
+    """``text`` without an ngspice inline comment (``;``, or `` $`` / `` //`` after a blank)."""
+    match = re.search(r";|(?<=\s)\$|(?<=\s)//", text)
+    return text if match is None else text[:match.start()]
+
+
+def _read_word(text: str, index: int) -> int:
+    """End of the word starting at ``index`` (braces and quotes kept whole)."""
+    closing = {"{": "}", "'": "'", '"': '"'}
+    while index < len(text) and not text[index].isspace() and text[index] not in "(),=":
+        if text[index] in closing:
+            end = text.find(closing[text[index]], index + 1)
+            index = len(text) if end < 0 else end + 1
+        else:
+            index += 1
+    return index
+
+
+def _source_items(text: str) -> list[tuple[str, str, str]]:
+    """Split what follows a source's nodes into ``(kind, word, text)`` items.
+
+    kind is ``"call"`` (``word(...)``), ``"assign"`` (``word=value``) or ``"word"``.
+    """
+    items: list[tuple[str, str, str]] = []
+    index = 0
+    while index < len(text):
+        if text[index].isspace() or text[index] == ",":
+            index += 1
+            continue
+        if text[index] in "()=":
+            raise ValueError(f"unexpected {text[index]!r}")
+        end = _read_word(text, index)
+        word = text[index:end]
+        after = end
+        while after < len(text) and text[after].isspace():
+            after += 1
+        if after < len(text) and text[after] == "(":
+            depth, close = 0, after
+            while close < len(text):
+                depth += {"(": 1, ")": -1}.get(text[close], 0)
+                if depth == 0:
+                    break
+                close += 1
+            if depth:
+                raise ValueError("unbalanced parentheses")
+            items.append(("call", word.lower(), f"{word}{text[after:close + 1]}"))
+            index = close + 1
+        elif after < len(text) and text[after] == "=":
+            start = after + 1
+            while start < len(text) and text[start].isspace():
+                start += 1
+            stop = _read_word(text, start)
+            if stop == start:
+                raise ValueError(f"no value after {word}=")
+            items.append(("assign", word.lower(), f"{word}={text[start:stop]}"))
+            index = stop
+        else:
+            items.append(("word", word.lower(), word))
+            index = end
+    return items
+
+
+def _edit_source_line(text: str, dc: float | None, pwl: Sequence[float] | None,
+                      name: str) -> str:
+    """One source element line with its DC value and/or transient function replaced."""
+    code = _strip_inline_comment(text)
+    parts = code.split(None, 3)
+    if len(parts) < 3:
+        raise NetlistError(f"{name}: cannot rewrite the source line {text.strip()!r}")
+    rest = parts[3] if len(parts) > 3 else ""
+    try:
+        items = _source_items(rest)
+    except ValueError as err:
+        raise NetlistError(f"{name}: cannot rewrite the source line {text.strip()!r} for the "
+                           f"batch backend: {err}") from None
+    pwl_text = None if pwl is None else \
+        "pwl(" + " ".join(_number_text(v) for v in pwl) + ")"
+    kept: list[str] = []
+    placed = False
+    index = 0
+    while index < len(items):
+        kind, word, item = items[index]
+        index += 1
+        if kind == "call" and word in _TRAN_FUNCTIONS:
+            if pwl_text is not None:
+                if placed:
+                    continue
+                item, placed = pwl_text, True  # the new PWL where the old function was
+        elif kind == "assign" and word == "dc":
+            if dc is not None:
+                continue
+        elif kind == "word" and word == "dc":
+            if dc is not None:
+                index += 1  # drop "dc" and its value
+                continue
+            if index < len(items):
+                item = f"{item} {items[index][2]}"
+                index += 1
+        elif kind == "word" and index == 1 and word not in _SOURCE_KEYWORDS:
+            if dc is not None:
+                continue  # the DC value written without the keyword
+        elif kind == "word" and word in _TRAN_FUNCTIONS and pwl_text is not None:
+            raise NetlistError(
+                f"{name}: cannot rewrite the source line {text.strip()!r} for the batch "
+                f"backend: write {word}(...) with parentheses")
+        kept.append(item)
+    new = parts[:3]
+    if dc is not None:
+        new += ["dc", _number_text(dc)]
+    new += kept
+    if pwl_text is not None and not placed:
+        new.append(pwl_text)
+    return " ".join(new)
+
+
+def _rewrite_sources(deck: _Deck, sources: Mapping[str, _SourceLine],
+                     state: Mapping[tuple[str, str], tuple[float, ...]], name: str) -> _Deck:
+    """``deck`` with the altered sources' element lines rewritten (batch emulation)."""
+    changes: dict[str, dict[str, tuple[float, ...]]] = {}
+    for (source, kind), values in state.items():
+        changes.setdefault(source, {})[kind] = values
+    if not changes:
+        return deck
+    head = list(deck.head)
+    for source in sorted(changes, key=lambda key: -sources[key].start):
+        where = sources[source]
+        logical = " ".join(
+            line.lstrip()[1:] if line.lstrip().startswith("+") else line
+            for line in head[where.start:where.stop] if not _is_comment(line))
+        dc = changes[source].get("dc")
+        head[where.start:where.stop] = [_edit_source_line(
+            logical, None if dc is None else dc[0], changes[source].get("pwl"), name)]
+    return dataclasses.replace(deck, head=tuple(head))
+
+
+# --------------------------------------------------------------------------------------
 # Names and verdicts
 # --------------------------------------------------------------------------------------
 
@@ -490,6 +776,7 @@ _NETLIST_MARKERS = re.compile(
         r"no such device",
         r"is not in the circuit",
         r"not a valid .* instance line",
+        r"no such parameter",
     ]),
     re.IGNORECASE)
 
@@ -544,9 +831,8 @@ def _data_problem(vectors: Mapping[str, np.ndarray] | None, deck: _Deck) -> str:
     return ""
 
 
-def _judge(outcome: _Outcome, deck: _Deck) -> tuple[str, str]:
-    """``("ok" | "netlist" | "convergence" | "other", detail)`` for one outcome."""
-    lines = outcome.log.splitlines()
+def _rejection(lines: Sequence[str]) -> str:
+    """ngspice's lines that say the deck is malformed (empty when there are none)."""
     rejected: list[str] = []
     for index, line in enumerate(lines):
         if _NETLIST_MARKERS.search(line):
@@ -555,8 +841,15 @@ def _judge(outcome: _Outcome, deck: _Deck) -> tuple[str, str]:
             # are followed by the offending netlist line.
             if index + 1 < len(lines) and re.search(r"(:|from line)\s*$", line):
                 rejected.append(lines[index + 1].strip())
+    return "\n".join(dict.fromkeys(rejected))
+
+
+def _judge(outcome: _Outcome, deck: _Deck) -> tuple[str, str]:
+    """``("ok" | "netlist" | "convergence" | "other", detail)`` for one outcome."""
+    lines = outcome.log.splitlines()
+    rejected = _rejection(lines)
     if rejected:
-        return "netlist", "\n".join(dict.fromkeys(rejected))
+        return "netlist", rejected
     problem = outcome.problem or _data_problem(outcome.vectors, deck)
     numeric = bool(problem) and outcome.vectors is not None and not outcome.problem
     if not problem and any(_ABORTED.search(line) for line in lines):
@@ -630,6 +923,9 @@ class _Worker:
     def __init__(self, library: str, *, startup_timeout_s: float = _STARTUP_TIMEOUT_S) -> None:
         self.library = library
         self.solves = 0
+        # What the worker keeps loaded for a LoadedCircuit: (serial, number of convergence
+        # aids in the loaded text, alteration version applied), or None.
+        self.held: tuple[int, int, int] | None = None
         parent, child = socket.socketpair()
         # The worker's own stdout/stderr (ngspice writes almost everything through the
         # callbacks) go to a private file: never into the caller's stdout, never a pipe
@@ -700,9 +996,20 @@ class _Worker:
 
     def solve(self, text: str, timeout: float) -> dict[str, Any]:
         """Send one deck; return the worker's reply. Raises _WorkerTimeout / _WorkerDied."""
-        self.solves += 1
+        return self.request(("run", text), timeout)
+
+    def request(self, message: tuple[Any, ...], timeout: float) -> dict[str, Any]:
+        """Send one request (see ``_worker.py``); return the worker's reply.
+
+        ``run``, ``load`` and ``rerun`` count as solves (for ``recycle_after``). Every
+        request clears ``held``; the caller sets it again after a successful load or rerun.
+        Raises _WorkerTimeout / _WorkerDied.
+        """
+        if message[0] != "drop":
+            self.solves += 1
+        self.held = None
         try:
-            self._conn.send(("run", text))
+            self._conn.send(message)
         except (OSError, ValueError) as err:
             tail = self._output_tail()
             self.close(kill=True)
@@ -720,12 +1027,33 @@ class _Worker:
 # The runner
 # --------------------------------------------------------------------------------------
 
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"name = {name!r} must be a non-empty string")
+
+
+def _shared_outcome(reply: Mapping[str, Any], seconds: float) -> _Outcome:
+    """A worker's solve reply as an outcome to judge."""
+    log = "\n".join(reply["log"])
+    if reply["complex"]:
+        return _Outcome(None, log, seconds, problem="complex results are not supported")
+    vectors = None
+    if reply["plot"] is not None:
+        try:
+            vectors = _ordered((_canonical(vname, vtype), values)
+                               for vname, vtype, values in reply["vectors"])
+        except SimulatorError as err:
+            return _Outcome(None, log, seconds, problem=str(err))
+    return _Outcome(vectors, log, seconds)
+
+
 class Runner:
     """Solve SPICE decks with ngspice; see the module docstring for the contract.
 
     One runner drives at most one ngspice at a time; calls from several threads are
     serialized. ``close()`` (or leaving a ``with`` block) stops the worker process; a later
-    ``run()`` starts a new one.
+    ``run()`` starts a new one. ``load()`` keeps one deck parsed for cheap re-solves with
+    changed sources (:class:`LoadedCircuit`).
     """
 
     def __init__(self, solver: SolverConfig | None = None) -> None:
@@ -736,6 +1064,7 @@ class Runner:
         self.solver = solver
         self._worker: _Worker | None = None
         self._lock = threading.Lock()
+        self._loaded: LoadedCircuit | None = None
 
     @property
     def backend(self) -> str:
@@ -748,9 +1077,17 @@ class Runner:
         self.close()
 
     def close(self) -> None:
-        """Stop the worker process, if one is running."""
+        """Stop the worker process, if one is running; invalidates a loaded circuit."""
         with self._lock:
+            self._invalidate_loaded("its runner was closed")
             self._drop_worker(kill=False)
+
+    def _limit(self, timeout_s: float | None) -> float:
+        limit = self.solver.timeout_s if timeout_s is None else timeout_s
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) \
+                or not math.isfinite(limit) or limit <= 0:
+            raise ValueError(f"timeout_s = {timeout_s!r} must be a positive number of seconds")
+        return float(limit)
 
     def run(self, netlist: str, *, name: str, timeout_s: float | None = None) -> SimResult:
         """Solve ``netlist`` (a complete deck, see module docstring) and return its vectors.
@@ -759,58 +1096,149 @@ class Runner:
         ``solver.timeout_s``) bounds the total solve time of this call, convergence retries
         included. Raises NetlistError, ConvergenceError, SimulationTimeout,
         SimulatorNotFoundError or SimulatorError; never returns partial results.
+        A circuit kept by :meth:`load` is dropped (its :class:`LoadedCircuit` becomes
+        invalid).
         """
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"name = {name!r} must be a non-empty string")
-        limit = self.solver.timeout_s if timeout_s is None else timeout_s
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) \
-                or not math.isfinite(limit) or limit <= 0:
-            raise ValueError(f"timeout_s = {timeout_s!r} must be a positive number of seconds")
+        _check_name(name)
+        limit = self._limit(timeout_s)
         deck = _prepare(netlist, name)
-        n_aids = min(self.solver.retries, len(CONVERGENCE_AIDS))
         batch = self.backend == "batch"
+        solve = self._solve_batch if batch else self._solve_shared
+
+        def attempt(aids: Sequence[ConvergenceAid], left: float) -> _Outcome:
+            return solve(deck.render(aids, batch=batch), name, left, limit)
+
         with self._lock:
-            left = float(limit)
-            logs: list[str] = []
-            total = 0.0
-            failure = ""
-            for attempt in range(n_aids + 1):
-                aids = CONVERGENCE_AIDS[:attempt]
-                text = deck.render(aids, batch=batch)
-                if left <= 0:
-                    raise SimulationTimeout(
-                        f"no time left for attempt {attempt + 1} within {limit:g} s",
-                        netlist=name, log="\n".join(logs))
-                outcome = (self._solve_batch if batch else self._solve_shared)(
-                    text, name, left, float(limit))
-                left -= outcome.seconds
-                total += outcome.seconds
-                if attempt:
-                    cards = " ".join(card for aid in aids for card in aid.cards)
-                    logs.append(f"* attempt {attempt + 1}, with convergence aid(s) "
-                                f"{', '.join(aid.name for aid in aids)}: {cards}")
-                logs.append(outcome.log)
-                verdict, detail = _judge(outcome, deck)
-                if verdict == "ok" and outcome.vectors is not None:
-                    if attempt:
-                        logger.info("%s: converged with aid(s) %s", name,
-                                    ", ".join(aid.name for aid in aids))
-                    return SimResult(vectors=outcome.vectors, log="\n".join(logs),
-                                     seconds=total, backend=self.backend, attempts=attempt + 1)
-                if verdict == "netlist":
-                    raise NetlistError(
-                        f"{name}: ngspice rejected the netlist:\n"
-                        + "\n".join("  " + line for line in detail.splitlines()))
-                if verdict == "other":
-                    raise SimulatorError(detail, netlist=name, log="\n".join(logs))
-                failure = detail
-                if attempt < n_aids:
-                    logger.warning("%s: no convergence (%s); retrying with convergence aid "
-                                   "'%s'", name, detail, CONVERGENCE_AIDS[attempt].name)
-            tried = ", ".join(aid.name for aid in CONVERGENCE_AIDS[:n_aids]) or "none"
-            raise ConvergenceError(
-                f"did not converge after {n_aids + 1} attempt(s) (convergence aids tried: "
-                f"{tried}): {failure}", netlist=name, log="\n".join(logs))
+            self._invalidate_loaded("Runner.run() was called on its runner")
+            return self._attempts(deck, name, limit, attempt)
+
+    def load(self, netlist: str, *, name: str,
+             timeout_s: float | None = None) -> "LoadedCircuit":
+        """Check ``netlist`` like :meth:`run`, parse it, and keep it for re-solves.
+
+        Returns a :class:`LoadedCircuit` whose ``alter()`` changes independent sources and
+        whose ``run()`` re-runs the deck's analysis. The shared backend parses the deck now
+        (ngspice's complaints raise :class:`NetlistError` here; ``timeout_s``, default
+        ``solver.timeout_s``, bounds the parse); the batch backend only checks it. A circuit
+        loaded earlier by this runner is dropped and its LoadedCircuit becomes invalid.
+        """
+        _check_name(name)
+        limit = self._limit(timeout_s)
+        deck = _prepare(netlist, name)
+        sources, elements = _deck_elements(deck)
+        with self._lock:
+            self._invalidate_loaded(f"another circuit ({name!r}) was loaded")
+            circuit = LoadedCircuit(self, deck, name, sources, elements)
+            if self.backend == "shared":
+                self._load_shared(circuit, limit)
+            self._loaded = circuit
+        return circuit
+
+    def _attempts(self, deck: _Deck, name: str, limit: float,
+                  attempt: Callable[[Sequence[ConvergenceAid], float], _Outcome]) -> SimResult:
+        """The retry loop of :meth:`run`: ``attempt(aids, time_left)`` solves once."""
+        n_aids = min(self.solver.retries, len(CONVERGENCE_AIDS))
+        left = limit
+        logs: list[str] = []
+        total = 0.0
+        failure = ""
+        for index in range(n_aids + 1):
+            aids = CONVERGENCE_AIDS[:index]
+            if left <= 0:
+                raise SimulationTimeout(
+                    f"no time left for attempt {index + 1} within {limit:g} s",
+                    netlist=name, log="\n".join(logs))
+            outcome: _Outcome = attempt(aids, left)
+            left -= outcome.seconds
+            total += outcome.seconds
+            if index:
+                cards = " ".join(card for aid in aids for card in aid.cards)
+                logs.append(f"* attempt {index + 1}, with convergence aid(s) "
+                            f"{', '.join(aid.name for aid in aids)}: {cards}")
+            logs.append(outcome.log)
+            verdict, detail = _judge(outcome, deck)
+            if verdict == "ok" and outcome.vectors is not None:
+                if index:
+                    logger.info("%s: converged with aid(s) %s", name,
+                                ", ".join(aid.name for aid in aids))
+                return SimResult(vectors=outcome.vectors, log="\n".join(logs),
+                                 seconds=total, backend=self.backend, attempts=index + 1)
+            if verdict == "netlist":
+                raise NetlistError(
+                    f"{name}: ngspice rejected the netlist:\n"
+                    + "\n".join("  " + line for line in detail.splitlines()))
+            if verdict == "other":
+                raise SimulatorError(detail, netlist=name, log="\n".join(logs))
+            failure = detail
+            if index < n_aids:
+                logger.warning("%s: no convergence (%s); retrying with convergence aid "
+                               "'%s'", name, detail, CONVERGENCE_AIDS[index].name)
+        tried = ", ".join(aid.name for aid in CONVERGENCE_AIDS[:n_aids]) or "none"
+        raise ConvergenceError(
+            f"did not converge after {n_aids + 1} attempt(s) (convergence aids tried: "
+            f"{tried}): {failure}", netlist=name, log="\n".join(logs))
+
+    # -- loaded circuits (callers hold self._lock) --------------------------------------
+
+    def _invalidate_loaded(self, reason: str) -> None:
+        """Make the current LoadedCircuit unusable (the worker drops it at its next load)."""
+        if self._loaded is not None:
+            self._loaded._invalid = reason
+            self._loaded = None
+
+    def _release(self, circuit: "LoadedCircuit") -> None:
+        """Remove ``circuit`` from the worker, if the worker holds it."""
+        worker = self._worker
+        if worker is None or worker.held is None or worker.held[0] != circuit._serial:
+            return
+        try:
+            reply = worker.request(("drop",), _CLOSE_TIMEOUT_S)
+        except _WorkerTimeout:
+            self._drop_worker(kill=True)
+            return
+        except _WorkerDied:
+            self._worker = None
+            return
+        if reply["dead"]:
+            self._drop_worker(kill=False)
+
+    def _load_shared(self, circuit: "LoadedCircuit", limit: float) -> None:
+        worker = self._ready_worker()
+        reply, _ = self._exchange(worker, ("load", circuit._deck.render((), batch=False)),
+                                  circuit.name, limit, limit, "loading the netlist")
+        rejected = _rejection(reply["log"])
+        if rejected:
+            raise NetlistError(
+                f"{circuit.name}: ngspice rejected the netlist:\n"
+                + "\n".join("  " + line for line in rejected.splitlines()))
+        if not reply["loaded"]:
+            raise SimulatorError("ngspice could not load the netlist", netlist=circuit.name,
+                                 log="\n".join(reply["log"]))
+        if self._worker is worker:
+            worker.held = (circuit._serial, 0, 0)
+
+    def _solve_loaded(self, circuit: "LoadedCircuit", aids: Sequence[ConvergenceAid],
+                      left: float, limit: float) -> _Outcome:
+        """Re-run ``circuit`` in the worker, reloading it there first when needed."""
+        worker = self._ready_worker()
+        held = worker.held
+        level = len(aids)
+        if held is not None and held[0] == circuit._serial and held[1] == level:
+            text, since = None, held[2]
+        else:
+            logger.debug("%s: loading the deck into ngspice worker pid %d (%d aid(s), %d "
+                         "alteration(s))", circuit.name, worker.pid, level,
+                         len(circuit._state))
+            text, since = circuit._deck.render(aids, batch=False), -1
+        version = circuit._version
+        changes = [(source, kind, list(values))
+                   for (source, kind), values in circuit._state.items()
+                   if circuit._changed[(source, kind)] > since]
+        reply, seconds = self._exchange(worker, ("rerun", text, changes), circuit.name,
+                                        left, limit)
+        if self._worker is worker and reply["loaded"]:
+            worker.held = (circuit._serial, level, version)
+        return _shared_outcome(reply, seconds)
 
     # -- shared backend ----------------------------------------------------------------
 
@@ -844,15 +1272,20 @@ class Runner:
             self._worker = worker
         return self._worker
 
-    def _solve_shared(self, text: str, name: str, left: float, limit: float) -> _Outcome:
-        worker = self._ready_worker()
+    def _exchange(self, worker: _Worker, message: tuple[Any, ...], name: str, left: float,
+                  limit: float, what: str = "the solve") -> tuple[dict[str, Any], float]:
+        """Send one request to ``worker``; the reply and its wall time.
+
+        A timeout kills the worker (SimulationTimeout); a dead worker raises SimulatorError;
+        a worker whose ngspice declared itself unusable is stopped after its reply.
+        """
         start = time.monotonic()
         try:
-            reply = worker.solve(text, left)
+            reply = worker.request(message, left)
         except _WorkerTimeout:
             self._drop_worker(kill=True)
             raise SimulationTimeout(
-                f"the solve did not finish within {limit:g} s; its ngspice worker was killed",
+                f"{what} did not finish within {limit:g} s; its ngspice worker was killed",
                 netlist=name) from None
         except _WorkerDied as err:
             self._worker = None
@@ -865,17 +1298,12 @@ class Runner:
         if reply["dead"]:
             # ngspice declared itself unusable; the next solve gets a fresh library.
             self._drop_worker(kill=False)
-        log = "\n".join(reply["log"])
-        if reply["complex"]:
-            return _Outcome(None, log, seconds, problem="complex results are not supported")
-        vectors = None
-        if reply["plot"] is not None:
-            try:
-                vectors = _ordered((_canonical(vname, vtype), values)
-                                   for vname, vtype, values in reply["vectors"])
-            except SimulatorError as err:
-                return _Outcome(None, log, seconds, problem=str(err))
-        return _Outcome(vectors, log, seconds)
+        return reply, seconds
+
+    def _solve_shared(self, text: str, name: str, left: float, limit: float) -> _Outcome:
+        worker = self._ready_worker()
+        reply, seconds = self._exchange(worker, ("run", text), name, left, limit)
+        return _shared_outcome(reply, seconds)
 
     # -- batch backend -----------------------------------------------------------------
 
@@ -926,3 +1354,156 @@ class Runner:
         except SimulatorError as err:
             return _Outcome(None, log, seconds, proc.returncode, problem=str(err))
         return _Outcome(vectors, log, seconds, proc.returncode)
+
+
+# --------------------------------------------------------------------------------------
+# Loaded circuits
+# --------------------------------------------------------------------------------------
+
+class CircuitInvalidatedError(CircuitSimError):
+    """A :class:`LoadedCircuit` was used after it was closed or replaced.
+
+    Its runner loaded another deck, ran a plain :meth:`Runner.run`, or was closed; load
+    the deck again to go on.
+    """
+
+
+_SERIALS = itertools.count(1)
+
+
+class LoadedCircuit:
+    """A deck kept parsed by :meth:`Runner.load`, re-solved with changed sources.
+
+    ``alter()`` records source changes (validated at once) and ``run()`` re-runs the deck's
+    analysis with all alterations made so far; see "Re-solving a loaded circuit" in the
+    module docstring for the semantics on each backend. A context manager: ``close()``
+    (idempotent) removes the circuit from ngspice. The circuit becomes invalid when its
+    runner loads another deck, runs a plain :meth:`Runner.run`, or is closed; any use then
+    raises :class:`CircuitInvalidatedError`. Calls are serialized with the runner's.
+    """
+
+    def __init__(self, runner: Runner, deck: _Deck, name: str,
+                 sources: Mapping[str, _SourceLine], elements: frozenset[str]) -> None:
+        self.name = name
+        self._runner = runner
+        self._deck = deck
+        self._sources = dict(sources)
+        self._elements = elements
+        self._serial = next(_SERIALS)
+        self._invalid = ""  # why the circuit can no longer be used; empty while valid
+        # Every alteration so far, keyed by (source, "dc" | "pwl"), and the version at
+        # which each was last changed (the worker is told what changed since it last ran).
+        self._state: dict[tuple[str, str], tuple[float, ...]] = {}
+        self._changed: dict[tuple[str, str], int] = {}
+        self._version = 0
+
+    def __repr__(self) -> str:
+        state = f"invalid: {self._invalid}" if self._invalid else "valid"
+        return (f"<LoadedCircuit {self.name!r} ({self._runner.backend}, "
+                f"{len(self._state)} alteration(s), {state})>")
+
+    def __enter__(self) -> "LoadedCircuit":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Names (lower case) of the independent sources that ``alter()`` accepts."""
+        return tuple(sorted(self._sources))
+
+    @property
+    def valid(self) -> bool:
+        """False once the circuit was closed or replaced."""
+        return not self._invalid
+
+    @property
+    def alterations(self) -> dict[str, float | tuple[float, ...]]:
+        """The alterations so far: ``{source: DC value, source + "[pwl]": points}``."""
+        return {source if kind == "dc" else f"{source}[pwl]": values[0] if kind == "dc"
+                else values for (source, kind), values in self._state.items()}
+
+    def _check_valid(self) -> None:
+        if self._invalid:
+            raise CircuitInvalidatedError(
+                f"{self.name}: this loaded circuit can no longer be used because "
+                f"{self._invalid}; load the deck again with Runner.load()")
+
+    def close(self) -> None:
+        """Remove the circuit from ngspice (shared backend) and invalidate it; idempotent."""
+        runner = self._runner
+        with runner._lock:
+            if self._invalid:
+                return
+            self._invalid = "it was closed"
+            if runner._loaded is self:
+                runner._loaded = None
+            if runner.backend == "shared":
+                runner._release(self)
+
+    def alter(self, changes: Mapping[str, float | Sequence[float]]) -> None:
+        """Change independent sources for the next :meth:`run` (and all later ones).
+
+        ``changes`` maps source names (case-insensitive, e.g. ``"vrow0"``) to a DC value (a
+        number) or a PWL point list ``[t0, v0, t1, v1, ...]`` that replaces the source's
+        transient function. All changes are checked before any is recorded: a name that is
+        not an independent source of the deck raises :class:`NetlistError`; a non-finite
+        value, a PWL list of odd length or shorter than 2, decreasing PWL times or a value
+        of another type raise :class:`ConfigError`.
+        """
+        if not isinstance(changes, Mapping):
+            raise TypeError(f"changes must be a mapping of source names to values, got "
+                            f"{type(changes).__name__}")
+        staged: dict[tuple[str, str], tuple[float, ...]] = {}
+        for key, value in changes.items():
+            if not isinstance(key, str):
+                raise TypeError(f"source names must be strings, got {key!r}")
+            source = key.strip().lower()
+            if source not in self._sources:
+                if source in self._elements:
+                    raise NetlistError(
+                        f"{self.name}: {key!r} is not an independent voltage or current "
+                        "source (an element line starting with V or I); only those can be "
+                        "altered")
+                known = ", ".join(self.sources[:12]) or "none"
+                more = f" and {len(self._sources) - 12} more" if len(self._sources) > 12 else ""
+                raise NetlistError(
+                    f"{self.name}: no source {key!r} in the netlist (sources inside "
+                    f"subcircuits or .include files cannot be altered); its sources: "
+                    f"{known}{more}")
+            if not _SOURCE_NAME.fullmatch(source):
+                raise NetlistError(f"{self.name}: the source name {key!r} has characters "
+                                   "that ngspice's alter command cannot take")
+            kind, values = _alteration(key, value)
+            staged[(source, kind)] = values
+        with self._runner._lock:
+            self._check_valid()
+            for key, values in staged.items():
+                self._version += 1
+                self._state[key] = values
+                self._changed[key] = self._version
+
+    def run(self, *, timeout_s: float | None = None) -> SimResult:
+        """Re-run the deck's analysis with all alterations so far; as :meth:`Runner.run`.
+
+        ``timeout_s`` (default ``solver.timeout_s``) bounds this call, convergence retries
+        and any transparent reload included. Raises what :meth:`Runner.run` raises, and
+        :class:`CircuitInvalidatedError` when the circuit was closed or replaced.
+        """
+        runner = self._runner
+        limit = runner._limit(timeout_s)
+        with runner._lock:
+            self._check_valid()
+            if runner.backend == "batch":
+                deck = _rewrite_sources(self._deck, self._sources, self._state, self.name)
+
+                def attempt(aids: Sequence[ConvergenceAid], left: float) -> _Outcome:
+                    return runner._solve_batch(deck.render(aids, batch=True), self.name,
+                                               left, limit)
+            else:
+                deck = self._deck
+
+                def attempt(aids: Sequence[ConvergenceAid], left: float) -> _Outcome:
+                    return runner._solve_loaded(self, aids, left, limit)
+            return runner._attempts(deck, self.name, limit, attempt)
