@@ -348,7 +348,7 @@ class SolverConfig(_Validated):
                           doc="a solve running longer is killed, s")
     recycle_after: int = _q(200, 1, 10**6, doc="solves before a worker's ngspice is restarted")
     retries: int = _q(2, 0, 5, doc="convergence aids tried after a failed solve")
-    steps_per_bit: int = _q(20, 4, 10000, doc="transient steps per input-bit period")
+    steps_per_bit: int = _q(4, 2, 10000, doc="largest transient step, as a fraction of an input-bit period")
     steps_per_pulse: int = _q(8, 2, 10000,
                               doc="largest transient step of a pulse train, as a fraction of "
                                   "the shorter of a write pulse and a read")

@@ -1,0 +1,194 @@
+"""Solve one 1T1R tile read in ngspice, and the ideal crossbar it is compared against.
+
+``solve_tile`` renders the bit-serial transient deck (``netlists.array.render_tile_deck``),
+runs it through a :class:`circuitsim.runner.Runner` and returns the ADC codes, the
+accumulated front-end voltages and the TIA output sampled at the end of every input bit.
+
+``ideal_accumulated_v`` / ``ideal_codes`` are the reference: a linear crossbar with
+conductances ``g`` (no wires, no driver resistance, perfect virtual ground, no rails), the same
+binary-weighted multi-cycle accumulation and the same quantizer without offset or INL.
+``quantize`` is the ADC transfer function shared by the reference and documented to equal the
+deck's quantizer expression (``netlists.periphery.adc_quantizer_subckt``; a test checks it).
+
+Not in the solve: ``ADCParams.noise_v_rms`` (the deck is deterministic; conversion noise
+belongs to whoever draws samples from these results), and anything time-varying in the
+cells (the RRAM state is frozen: ``rram_frozen``).
+
+Cost (ngspice 46, KLU, shared backend, this project's busy 2-core machine, default chip
+configuration, random states and inputs; ``steps_per_bit`` 20 / 4): 16x16 2.5 / 2.2 s,
+32x32 17.6 / 14.0 s, 64x64 76 / 63 s, the same codes either way. The cells dominate: per
+Newton iteration a cell costs ~3 us of BSIM4 and ~9 us of ``rram_frozen`` (three B-sources
+with exp/pow and a thermal node; a variant at fixed temperature with the barrier
+prefactor as a ``.param`` and the bulk as a resistor halved the 64x64 time), and KLU
+refactorisation of the 64x64 grid adds ~13 ms per iteration. A transient needs ~100
+Newton iterations per input bit (see ``netlists.array.ReadTiming``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from netlists.array import (
+    check_inputs,
+    read_timing,
+    render_cell_read_deck,
+    render_tile_deck,
+)
+from netlists.config import ADCParams, HardwareConfig, SolverConfig
+from netlists.errors import ConfigError, SimulatorError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Mapping
+
+__all__ = [
+    "TileResult",
+    "render_tile",
+    "solve_tile",
+    "quantize",
+    "ideal_accumulated_v",
+    "ideal_codes",
+    "measure_cell_conductance",
+]
+
+
+class _RunnerLike(Protocol):
+    def run(self, netlist: str, *, name: str = ...) -> "Mapping[str, Any]": ...
+
+
+@dataclass(frozen=True)
+class TileResult:
+    """What one bit-serial read of a tile produced.
+
+    ``codes``: (cols,) int ADC codes. ``accumulated_v``: (cols,) front-end voltage ``D_j``
+    at the end, V. ``tia_out_v``: (input_bits, cols) TIA output at the sampling instant of
+    each bit (bit 0 = LSB first), V; negative for a positive column current, as a TIA's
+    output is. ``solve_seconds``: wall time of the ngspice solve (the runner's
+    ``SimResult.seconds``: worker start-up excluded).
+    """
+
+    codes: np.ndarray
+    accumulated_v: np.ndarray
+    tia_out_v: np.ndarray
+    solve_seconds: float
+
+
+def render_tile(hw: HardwareConfig, states: object, x: object, *,
+                solver: SolverConfig | None = None, name: str = "tile",
+                **variations: Any) -> str:
+    """The deck ``solve_tile`` runs; see :func:`netlists.array.render_tile_deck`."""
+    return render_tile_deck(hw, states, x, solver=solver, name=name, **variations)
+
+
+def solve_tile(hw: HardwareConfig, states: object, x: object, *, runner: _RunnerLike,
+               solver: SolverConfig | None = None, name: str = "tile",
+               tia_offset_v: object = None, adc_offset_v: object = None,
+               adc_inl_lsb: object = None) -> TileResult:
+    """Solve one bit-serial read: ``states`` (rows, cols) cell states, ``x`` (rows,) inputs.
+
+    ``solver`` sets the transient step (``steps_per_bit``); by default the runner's own
+    solver settings, else :class:`SolverConfig`'s defaults. The optional per-column TIA
+    offsets and per-ADC offsets/INL are passed to the deck.
+    """
+    if solver is None:
+        solver = getattr(runner, "solver", None)
+        if not isinstance(solver, SolverConfig):
+            solver = SolverConfig()
+    text = render_tile_deck(hw, states, x, solver=solver, name=name,
+                            tia_offset_v=tia_offset_v, adc_offset_v=adc_offset_v,
+                            adc_inl_lsb=adc_inl_lsb)
+    start = time.perf_counter()
+    result = runner.run(text, name=name)
+    # The runner's own figure excludes worker start-up; a plain runner may not report one.
+    elapsed = float(getattr(result, "seconds", time.perf_counter() - start))
+
+    cols = hw.array.cols
+    timing = read_timing(hw.drive)
+    t = _vector(result, "time", name)
+    if t.size < 2 or abs(t[-1] - timing.t_stop_s) > 1e-6 * timing.t_stop_s:
+        raise SimulatorError(
+            f"the transient ended at t = {t[-1] if t.size else float('nan')!r} s instead of "
+            f"{timing.t_stop_s!r} s", netlist=name)
+    acc = np.array([_vector(result, f"v(acc{j})", name)[-1] for j in range(cols)])
+    code_v = np.array([_vector(result, f"v(code{j})", name)[-1] for j in range(cols)])
+    codes = np.rint(code_v)
+    if np.any(np.abs(code_v - codes) > 1e-6):
+        raise SimulatorError(f"ADC codes are not whole numbers: {code_v!r}", netlist=name)
+    ts = timing.sample_times_s()
+    tia = np.stack([np.interp(ts, t, _vector(result, f"v(tout{j})", name))
+                    for j in range(cols)], axis=1)
+    return TileResult(codes=codes.astype(np.int64), accumulated_v=acc, tia_out_v=tia,
+                      solve_seconds=elapsed)
+
+
+def _vector(result: "Mapping[str, Any]", key: str, name: str) -> np.ndarray:
+    try:
+        vec = np.asarray(result[key], dtype=float)
+    except KeyError:
+        raise SimulatorError(f"ngspice returned no vector {key!r}", netlist=name) from None
+    if vec.size == 0 or not np.all(np.isfinite(vec)):
+        raise SimulatorError(f"vector {key!r} is empty or not finite", netlist=name)
+    return vec
+
+
+def quantize(adc: ADCParams, d_v: object, *, offset_v: object = 0.0,
+             inl_lsb: object = 0.0) -> np.ndarray:
+    """ADC transfer: ``clip(floor(D/LSB + 0.5 + offset/LSB + INL(D)), 0, 2^bits - 1)``.
+
+    ``LSB = v_full_scale_v / 2^bits``; ``INL(D) = inl_lsb * 4 u (1 - u)`` with
+    ``u = clip(D / v_full_scale_v, 0, 1)``: a bow, zero at both ends, ``inl_lsb`` at
+    mid-scale. The same expression as the deck's quantizer B-source. Returns int64.
+    """
+    d = np.asarray(d_v, dtype=float)
+    levels = 2 ** adc.bits
+    lsb = adc.v_full_scale_v / levels
+    u = np.clip(d / adc.v_full_scale_v, 0.0, 1.0)
+    raw = np.floor(d / lsb + 0.5 + np.asarray(offset_v, dtype=float) / lsb
+                   + np.asarray(inl_lsb, dtype=float) * 4.0 * u * (1.0 - u))
+    return np.clip(raw, 0, levels - 1).astype(np.int64)
+
+
+def ideal_accumulated_v(hw: HardwareConfig, g_siemens: object, x: object) -> np.ndarray:
+    """``D_j = R_f * v_read * sum_i g_ij x_i / 2^input_bits`` of an ideal linear crossbar.
+
+    That is the multi-cycle front-end's ``sum_k 2^(k - input_bits) V_k`` with
+    ``V_k = R_f * v_read * sum_i g_ij bit_k(x_i)``. ``g_siemens``: (rows, cols).
+    """
+    g = _check_g(hw, g_siemens)
+    xs = check_inputs(hw, x).astype(float)
+    return (hw.tia.r_feedback_ohm * hw.drive.v_read_v * (xs @ g)
+            / 2.0 ** hw.drive.input_bits)
+
+
+def ideal_codes(hw: HardwareConfig, g_siemens: object, x: object) -> np.ndarray:
+    """ADC codes (cols,) of the ideal crossbar: :func:`quantize` without offset or INL."""
+    return quantize(hw.adc, ideal_accumulated_v(hw, g_siemens, x))
+
+
+def _check_g(hw: HardwareConfig, g_siemens: object) -> np.ndarray:
+    g = np.asarray(g_siemens, dtype=float)
+    shape = (hw.array.rows, hw.array.cols)
+    if g.shape != shape:
+        raise ConfigError(f"g_siemens has shape {g.shape}; the tile needs (rows, cols) = "
+                          f"{shape}")
+    if not np.all(np.isfinite(g)) or np.any(g < 0):
+        raise ConfigError("g_siemens must be finite and non-negative")
+    return g
+
+
+def measure_cell_conductance(hw: HardwareConfig, n_values: object, *,
+                             runner: _RunnerLike, name: str = "cell_read") -> np.ndarray:
+    """Read conductance ``I / v_read`` of whole 1T1R cells (RRAM + access NMOS), solved in
+    ngspice, for each state in ``n_values``; same shape as ``n_values``.
+
+    This is the ``g`` of a crossbar whose only non-ideality is the cell's own nonlinearity
+    and transistor, the natural input to :func:`ideal_codes`.
+    """
+    n = np.asarray(n_values, dtype=float)
+    result = runner.run(render_cell_read_deck(hw, n, name=name), name=name)
+    flat = n.ravel()
+    current = np.array([-_vector(result, f"i(vm{k})", name)[-1] for k in range(flat.size)])
+    return (current / hw.drive.v_read_v).reshape(n.shape)

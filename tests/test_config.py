@@ -1,0 +1,136 @@
+"""Typed configuration: validation at construction, presets, TOML round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import pytest
+
+from netlists.config import (ADCParams, ArrayParams, DeviceParams, DriveParams, HardwareConfig,
+                             SolverConfig, TIAParams, TransistorParams, load_config, preset,
+                             save_config)
+from netlists.errors import CircuitSimError, ConfigError
+
+
+def test_presets():
+    assert (preset("chip").array.rows, preset("chip").array.cols) == (64, 64)
+    assert (preset("paper-sim").array.rows, preset("paper-sim").array.cols) == (256, 64)
+    assert preset("tiny").array.rows < 64
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ConfigError, match=r"unknown preset 'big'.*chip"):
+        preset("big")
+
+
+@pytest.mark.parametrize("cls, field, value, match", [
+    (ArrayParams, "rows", 0, r"array.rows = 0 is out of range: allowed \[1, 4096\]"),
+    (ArrayParams, "r_wire_row_ohm", -1.0, r"array.r_wire_row_ohm = -1.0 is out of range"),
+    (ArrayParams, "rows", 6.5, r"array.rows = 6.5 must be a whole number"),
+    (ADCParams, "bits", 1.0, "whole number"),
+    (TIAParams, "r_feedback_ohm", 0.0, r"tia.r_feedback_ohm = 0.0 is out of range: allowed \(0"),
+    (DeviceParams, "area_nm2", float("nan"), "must be finite"),
+    (DeviceParams, "mobility_m2_vs", "fast", "must be a number"),
+    (TransistorParams, "toxe_nm", 0.1, "transistor.toxe_nm"),
+    (DriveParams, "v_read_v", 0.0, "drive.v_read_v"),
+    (SolverConfig, "backend", "spectre", r"solver.backend = 'spectre' is not allowed"),
+    (SolverConfig, "timeout_s", -1.0, "solver.timeout_s"),
+])
+def test_bad_values_fail_at_construction_naming_the_field(cls, field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        cls(**{field: value})
+
+
+def test_levels_below_two_are_rejected():
+    # "levels < 2": an ADC needs at least 2 codes (1 bit) and inputs at least 1 bit.
+    with pytest.raises(ConfigError, match="adc.bits"):
+        ADCParams(bits=0)
+    with pytest.raises(ConfigError, match="drive.input_bits"):
+        DriveParams(input_bits=0)
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match="n_min.*must be below"):
+        DeviceParams(n_min=5.0, n_max=4.0)
+    with pytest.raises(ConfigError, match="n_init"):
+        DeviceParams(n_init=10.0)
+    with pytest.raises(ConfigError, match="v_set_min_v"):
+        DriveParams(v_set_min_v=2.9, v_set_max_v=2.0)
+    with pytest.raises(ConfigError, match="v_set_pulse_v"):
+        DriveParams(v_set_pulse_v=3.2)
+    with pytest.raises(ConfigError, match="t_edge_s"):
+        DriveParams(t_edge_s=15e-9)
+    with pytest.raises(ConfigError, match="validity"):
+        HardwareConfig(device=DeviceParams(v_valid_max_v=2.5))
+
+
+def test_config_error_is_a_value_error_and_a_circuitsim_error():
+    with pytest.raises(ValueError):
+        ArrayParams(cols=-3)
+    assert issubclass(ConfigError, CircuitSimError)
+
+
+def test_replace_validates_and_names_unknown_blocks_and_fields():
+    hw = preset("chip").replace(array={"rows": 8})
+    assert hw.array.rows == 8 and hw.array.cols == 64
+    with pytest.raises(ConfigError, match="unknown configuration block 'arr'"):
+        preset("chip").replace(arr={"rows": 8})
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['row'\] in \[array\]"):
+        preset("chip").replace(array={"row": 8})
+    with pytest.raises(ConfigError, match="array.rows"):
+        preset("chip").replace(array={"rows": -1})
+
+
+def test_configs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        preset("chip").array.rows = 3  # type: ignore[misc]
+
+
+def test_toml_round_trip(tmp_path):
+    hw = preset("paper-sim").replace(tia={"r_feedback_ohm": 7000.0}, device={"c2c_sigma": 0.2})
+    solver = SolverConfig(backend="batch", retries=1)
+    path = tmp_path / "hw.toml"
+    save_config(path, hw, solver)
+    hw2, solver2 = load_config(path)
+    assert hw2 == hw and solver2 == solver
+    assert not list(tmp_path.glob(".hw.toml.*")), "no temporary file left behind"
+
+
+def test_partial_toml_overrides_a_base(tmp_path):
+    path = tmp_path / "part.toml"
+    path.write_text("[array]\nrows = 16\n[solver]\nretries = 0\n")
+    hw, solver = load_config(path, base=preset("paper-sim"))
+    assert (hw.array.rows, hw.array.cols) == (16, 64)
+    assert solver.retries == 0
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[array]\nrows = 0\n", "array.rows = 0"),
+    ("[array]\nrows = 'many'\n", "must be a number"),
+    ("[arrays]\nrows = 4\n", "unknown configuration block"),
+    ("[solver]\nthreads = 4\n", r"unknown field\(s\) \['threads'\] in \[solver\]"),
+    ("array = 3\n", r"\[array\] must be a table"),
+    ("[array\n", "not valid TOML"),
+])
+def test_bad_toml_files_are_reported(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
+def test_missing_toml_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_validation_survives_python_O():
+    # Checks are exceptions, not asserts: they hold under `python -O` too.
+    import subprocess
+
+    code = ("from netlists.config import ArrayParams\n"
+            "try:\n    ArrayParams(rows=0)\nexcept ValueError:\n    print('rejected')\n")
+    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "rejected"
