@@ -57,7 +57,7 @@ from typing import Sequence
 import numpy as np
 
 from netlists.config import DriveParams, HardwareConfig, SolverConfig
-from netlists.device import device_library
+from netlists.device import device_library, small_signal_conductance
 from netlists.errors import ConfigError
 from netlists.periphery import (
     ADC_FRONTEND_SUBCKT,
@@ -83,6 +83,7 @@ __all__ = [
     "render_cell_read_deck",
     "adc_group_of_column",
     "n_adcs",
+    "render_tile_op_deck",
 ]
 
 
@@ -310,10 +311,39 @@ def render_tile_deck(hw: HardwareConfig, states: object, x: object, *,
     out.append(f"* Row drivers: inputs x (LSB first), {hw.drive.input_bits} bits of "
                f"{fmt(hw.drive.t_bit_s)} s at {fmt(hw.drive.v_read_v)} V.")
     planes = bit_planes(xs, hw.drive.input_bits)
+    sources = [f"* x[{i}] = {int(xs[i])}\nVrow{i} in{i} 0 {_pwl_bits(planes[:, i], hw.drive)}"
+               for i in range(rows)]
+    out += _array_lines(hw, n, sources)
+
+    out.append("* Readout: TIA, front-end and quantizer per column; quantizers of one ADC "
+               f"group ({hw.adc.columns_per_adc} columns) share offset and INL.")
+    for j in range(cols):
+        g = int(group[j])
+        out.append(f"Xtia{j} tin{j} tout{j} {TIA_SUBCKT} vos={fmt(float(vos[j]))}")
+        out.append(f"Xadc{j} tout{j} acc{j} phi1 phi2 phir {ADC_FRONTEND_SUBCKT}")
+        out.append(f"Xq{j} acc{j} code{j} {ADC_QUANTIZER_SUBCKT} voff={fmt(float(voff[g]))} "
+                   f"inl={fmt(float(inl[g]))}")
+
+    tstep = hw.drive.t_bit_s / solver.steps_per_bit
+    out.append("* uic: start from all-zero node voltages, see the module docstring.")
+    out.append(f".tran {fmt(tstep)} {fmt(timing.t_stop_s)} 0 {fmt(tstep)} uic")
+    saves = [f"v(tout{j})" for j in range(cols)] + [f"v(acc{j})" for j in range(cols)] \
+        + [f"v(code{j})" for j in range(cols)]
+    out += _save_lines(saves)
+    out.append(".end")
+    return "\n".join(out) + "\n"
+
+
+def _array_lines(hw: HardwareConfig, n: np.ndarray, row_sources: Sequence[str]) -> list[str]:
+    """Row drivers (``row_sources[i]`` defines node ``in<i>``), wires and cells.
+
+    Column ``j`` ends at node ``tin<j>``, which the caller holds (a TIA's input).
+    """
+    rows, cols = hw.array.rows, hw.array.cols
+    out: list[str] = []
     row_nodes: list[list[str]] = []
     for i in range(rows):
-        out.append(f"* x[{i}] = {int(xs[i])}")
-        out.append(f"Vrow{i} in{i} 0 {_pwl_bits(planes[:, i], hw.drive)}")
+        out.append(row_sources[i])
         drv, r_lines = _chain([f"in{i}", f"rin{i}"], hw.array.r_driver_ohm, f"drv{i}")
         out += r_lines
         nodes, w_lines = _chain([drv[-1]] + [f"r{i}_{j}" for j in range(cols)],
@@ -334,22 +364,47 @@ def render_tile_deck(hw: HardwareConfig, states: object, x: object, *,
         for j in range(cols):
             out.append(f"Xc{i}_{j} {row_nodes[i][j]} wl {col_nodes[j][i]} {CELL_SUBCKT} "
                        f"n={fmt(float(n[i, j]))}")
+    return out
 
-    out.append("* Readout: TIA, front-end and quantizer per column; quantizers of one ADC "
-               f"group ({hw.adc.columns_per_adc} columns) share offset and INL.")
+
+def render_tile_op_deck(hw: HardwareConfig, states: object, row_v: object, *,
+                        name: str = "tile_op") -> str:
+    """Operating point of the tile with DC row voltages: one bit-plane of a read, settled.
+
+    ``row_v``: (rows,) voltage of each row driver (``v_read_v`` for a 1 bit, 0 for a 0 bit,
+    or anything in between). Array and TIAs as in :func:`render_tile_deck`; no front-end
+    (an operating point has no sampling). Saved: ``v(tout<j>)`` (TIA outputs) and
+    ``v(tin<j>)`` (virtual grounds).
+    """
+    n = check_states(hw, states)
+    rows, cols = hw.array.rows, hw.array.cols
+    v = np.asarray(row_v, dtype=float)
+    if v.shape != (rows,):
+        raise ConfigError(f"row_v has shape {v.shape}; the tile needs ({rows},)")
+    vmax = hw.device.v_valid_max_v
+    if not np.all(np.isfinite(v)) or np.any(np.abs(v) > vmax):
+        raise ConfigError(f"row_v must be finite and within +-{vmax!r} V "
+                          "(device.v_valid_max_v)")
+    out = [f"{name}: {rows}x{cols} 1T1R tile, DC operating point",
+           *_header(hw, name)[1:],
+           "", device_library(hw.device), nmos_model_card(hw.transistor),
+           cell_subckt(hw.transistor, hw.device), tia_subckt(hw.tia),
+           f"Vwl wl 0 DC {fmt(hw.array.v_gate_read_v)}"]
+    out += _array_lines(hw, n, [f"Vrow{i} in{i} 0 DC {fmt(float(v[i]))}" for i in range(rows)])
     for j in range(cols):
-        g = int(group[j])
-        out.append(f"Xtia{j} tin{j} tout{j} {TIA_SUBCKT} vos={fmt(float(vos[j]))}")
-        out.append(f"Xadc{j} tout{j} acc{j} phi1 phi2 phir {ADC_FRONTEND_SUBCKT}")
-        out.append(f"Xq{j} acc{j} code{j} {ADC_QUANTIZER_SUBCKT} voff={fmt(float(voff[g]))} "
-                   f"inl={fmt(float(inl[g]))}")
-
-    tstep = hw.drive.t_bit_s / solver.steps_per_bit
-    out.append("* uic: start from all-zero node voltages, see the module docstring.")
-    out.append(f".tran {fmt(tstep)} {fmt(timing.t_stop_s)} 0 {fmt(tstep)} uic")
-    saves = [f"v(tout{j})" for j in range(cols)] + [f"v(acc{j})" for j in range(cols)] \
-        + [f"v(code{j})" for j in range(cols)]
-    out += _save_lines(saves)
+        out.append(f"Xtia{j} tin{j} tout{j} {TIA_SUBCKT} vos={fmt(hw.tia.v_offset_v)}")
+    # Newton from all-zero node voltages drives the high-gain TIAs into their rails, where
+    # the clamp's slope vanishes, and every stepping method fails (measured: 100 s before
+    # ngspice's transient-op fallback on 64x64). An initial guess of each output from the
+    # ideal column current converges in ~7 iterations. It only seeds the iteration.
+    guess = -hw.tia.r_feedback_ohm * (v @ small_signal_conductance(hw.device, n))
+    guess = np.clip(guess, hw.tia.v_rail_low_v, hw.tia.v_rail_high_v)
+    for j0 in range(0, cols, 8):
+        out.append(".nodeset " + " ".join(
+            f"v(tout{j})={fmt(float(guess[j]))} v(xtia{j}.ng)={fmt(float(guess[j]))} v(tin{j})=0"
+            for j in range(j0, min(j0 + 8, cols))))
+    out.append(".op")
+    out += _save_lines([f"v(tout{j})" for j in range(cols)] + [f"v(tin{j})" for j in range(cols)])
     out.append(".end")
     return "\n".join(out) + "\n"
 

@@ -326,14 +326,18 @@ class HardwareConfig:
         return cls(**blocks)
 
 
-def _build_block(name: str, values: Mapping[str, Any]) -> Any:
-    cls = _BLOCKS[name]
+def _construct(cls: type, section: str, values: Mapping[str, Any]) -> Any:
+    """``cls(**values)``, naming unknown fields of the ``[section]`` table first."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - known
     if unknown:
-        raise ConfigError(f"unknown field(s) {sorted(unknown)} in [{name}]: "
+        raise ConfigError(f"unknown field(s) {sorted(unknown)} in [{section}]: "
                           f"known fields are {sorted(known)}")
     return cls(**values)
+
+
+def _build_block(name: str, values: Mapping[str, Any]) -> Any:
+    return _construct(_BLOCKS[name], name, values)
 
 
 @dataclass(frozen=True)
@@ -348,19 +352,15 @@ class SolverConfig(_Validated):
                           doc="a solve running longer is killed, s")
     recycle_after: int = _q(200, 1, 10**6, doc="solves before a worker's ngspice is restarted")
     retries: int = _q(2, 0, 5, doc="convergence aids tried after a failed solve")
-    steps_per_bit: int = _q(4, 2, 10000, doc="largest transient step, as a fraction of an input-bit period")
+    steps_per_bit: int = _q(4, 2, 10000,
+                            doc="largest transient step, as a fraction of an input-bit period")
     steps_per_pulse: int = _q(8, 2, 10000,
                               doc="largest transient step of a pulse train, as a fraction of "
                                   "the shorter of a write pulse and a read")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SolverConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown field(s) {sorted(unknown)} in [solver]: "
-                              f"known fields are {sorted(known)}")
-        return cls(**data)
+        return _construct(cls, "solver", data)
 
 
 def _chip() -> HardwareConfig:
