@@ -10,11 +10,11 @@ PYTEST_ARGS ?=
 setup:
 	bash scripts/setup.sh
 
-demo: setup
-	.venv/bin/circuitsim demo
+demo:
+	bash scripts/demo.sh
 
-test: setup
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+test:
+	bash scripts/test.sh $(PYTEST_ARGS)
 
 bench: setup
 	$(PYTHON) benchmarks/bench_spice.py

@@ -430,18 +430,22 @@ def test_not_root_without_sudo_names_the_packages(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ Makefile
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-def test_makefile_targets_run_setup_first() -> None:
-    # This test may itself run under `make test`: drop what the outer make passes down.
-    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
-    res = subprocess.run(
-        ["make", "--no-print-directory", "-n", "test", "PYTEST_ARGS=-x -q"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    lines = res.stdout.splitlines()
-    assert lines == ["bash scripts/setup.sh", ".venv/bin/python -m pytest -x -q"]
+@pytest.mark.parametrize("script, runs", [
+    ("scripts/test.sh", ".venv/bin/python\" -m pytest"),
+    ("scripts/demo.sh", ".venv/bin/circuitsim\" demo"),
+])
+def test_readme_commands_set_up_first_then_run(script: str, runs: str) -> None:
+    path = ROOT / script
+    subprocess.run(["bash", "-n", str(path)], check=True, timeout=30)
+    assert os.access(path, os.X_OK)
+    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    setup = next(k for k, ln in enumerate(lines) if "scripts/setup.sh" in ln)
+    run = next(k for k, ln in enumerate(lines) if runs in ln)
+    assert setup < run
+
+
+def test_makefile_and_ci_delegate_to_the_readme_commands() -> None:
+    make = (ROOT / "Makefile").read_text()
+    assert "\tbash scripts/test.sh $(PYTEST_ARGS)" in make
+    assert "\tbash scripts/demo.sh" in make
+    assert "exec bash scripts/test.sh" in (ROOT / ".ci/run").read_text()

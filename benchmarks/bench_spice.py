@@ -1,0 +1,104 @@
+"""SPICE-side benchmark: how long the tile decks take to build and solve in ngspice.
+
+For each tile size it reports, measured in one run on this machine:
+
+* ``render``: time to generate the bit-serial transient deck (pure Python);
+* ``op``: one operating-point solve of the tile with DC row voltages (one bit-plane);
+* ``tran``: one bit-serial transient (8 input bits through TIAs and ADC front-ends);
+* ``op re-solve`` / ``tran re-solve``: the same with new inputs on an already-loaded circuit
+  (``Runner.load`` + ``alter`` + ``run``: saves the parse, not ngspice's set-up).
+
+Usage: ``python benchmarks/bench_spice.py [--sizes 16x16,32x32,64x64,128x128,256x64]
+[--json PATH]``. Times are wall seconds, the median of ``--repeat`` solves (default 1 for
+the transient, 3 for the others); the machine is shared and noisy, so compare sizes within
+one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from circuitsim.runner import Runner, check_ngspice
+from netlists.array import _pwl_bits, bit_planes, render_tile_deck, render_tile_op_deck
+from netlists.config import SolverConfig, preset
+
+
+def _median_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench(rows: int, cols: int, *, runner: Runner, repeat: int) -> dict:
+    hw = preset("chip").replace(array={"rows": rows, "cols": cols})
+    rng = np.random.default_rng(0)
+    states = rng.uniform(hw.device.n_min, hw.device.n_max, (rows, cols))
+    x1, x2 = rng.integers(0, 256, rows), rng.integers(0, 256, rows)
+    solver = SolverConfig()
+
+    t_render = _median_time(lambda: render_tile_deck(hw, states, x1, solver=solver), repeat)
+    tran_deck = render_tile_deck(hw, states, x1, solver=solver)
+    v1 = bit_planes(x1, 8)[7] * hw.drive.v_read_v
+    v2 = bit_planes(x2, 8)[7] * hw.drive.v_read_v
+    op_deck = render_tile_op_deck(hw, states, v1)
+
+    t_op = _median_time(lambda: runner.run(op_deck, name="bench_op"), repeat)
+    with runner.load(op_deck, name="bench_op_loaded") as loaded:
+        loaded.run()
+
+        def op_resolve(flip=[False]) -> None:  # noqa: B006 - alternate the inputs
+            flip[0] = not flip[0]
+            loaded.alter({f"vrow{i}": float((v2 if flip[0] else v1)[i]) for i in range(rows)})
+            loaded.run()
+
+        t_op_re = _median_time(op_resolve, repeat)
+
+    t_tran = _median_time(lambda: runner.run(tran_deck, name="bench_tran"), 1)
+    planes2 = bit_planes(x2, 8)
+    with runner.load(tran_deck, name="bench_tran_loaded") as loaded:
+        pwl = {}
+        for i in range(rows):
+            text = _pwl_bits(planes2[:, i], hw.drive)
+            pwl[f"vrow{i}"] = [float(v) for v in text[text.index("(") + 1:-1].split()]
+        loaded.alter(pwl)
+        t_tran_re = _median_time(loaded.run, 1)
+    return {"tile": f"{rows}x{cols}", "render_s": t_render, "op_s": t_op,
+            "op_resolve_s": t_op_re, "tran_s": t_tran, "tran_resolve_s": t_tran_re}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="16x16,32x32,64x64,128x128,256x64")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    info = check_ngspice()
+    print(f"ngspice-{info.version} (KLU: {info.klu}); median wall seconds", file=sys.stderr)
+    header = (f"{'tile':>8} {'render':>8} {'op':>8} {'op re':>8} {'tran':>8} {'tran re':>8}")
+    print(header)
+    rows = []
+    with Runner() as runner:
+        for size in args.sizes.split(","):
+            r, c = (int(v) for v in size.lower().split("x"))
+            res = bench(r, c, runner=runner, repeat=args.repeat)
+            rows.append(res)
+            print(f"{res['tile']:>8} {res['render_s']:8.3f} {res['op_s']:8.3f} "
+                  f"{res['op_resolve_s']:8.3f} {res['tran_s']:8.2f} {res['tran_resolve_s']:8.2f}",
+                  flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"ngspice": info.version, "results": rows}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The ``circuitsim`` command line.
+
+With ``--json`` every subcommand prints exactly one JSON object as the last line of stdout;
+logs and progress go to stderr. The keys named in the project's issues are a contract.
+This is the only module that knows every layer; heavy layers are imported inside the
+subcommands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from netlists.config import HardwareConfig, SolverConfig, load_config, preset
+from netlists.errors import CircuitSimError, ConfigError
+
+log = logging.getLogger("circuitsim")
+
+
+def _hardware(args: argparse.Namespace) -> tuple[HardwareConfig, SolverConfig]:
+    hw = preset(args.preset)
+    solver = SolverConfig()
+    if getattr(args, "config", None):
+        hw, solver = load_config(args.config, base=hw)
+    rows, cols = getattr(args, "rows", None), getattr(args, "cols", None)
+    if rows is not None or cols is not None:
+        hw = hw.replace(array={"rows": rows if rows is not None else hw.array.rows,
+                               "cols": cols if cols is not None else hw.array.cols})
+    return hw, solver
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], summary: str) -> None:
+    if args.json:
+        print(summary, file=sys.stderr)
+        print(json.dumps(payload))
+    else:
+        print(summary)
+
+
+def _runner(solver: SolverConfig):
+    from circuitsim.runner import Runner, check_ngspice
+
+    check_ngspice()
+    return Runner(solver)
+
+
+# ---- device pulses ----------------------------------------------------------------------
+def cmd_device_pulses(args: argparse.Namespace) -> None:
+    from circuitsim.device import simulate_pulses
+
+    hw, solver = _hardware(args)
+    with _runner(solver) as runner:
+        res = simulate_pulses(hw, args.set, args.reset, runner=runner,
+                              amplitude_v=args.amplitude, width_s=args.width,
+                              initial_us=args.initial_us, seed=args.seed, solver=solver)
+    g = res.conductance_us
+    payload = {
+        "conductance_us": [round(float(v), 6) for v in g],
+        "device_conductance_us": [round(float(v), 6) for v in res.device_conductance_us],
+        "state": [round(float(v), 8) for v in res.state],
+        "read_voltage_v": res.read_voltage_v,
+        "set_pulses": args.set,
+        "reset_pulses": args.reset,
+        "set_amplitude_v": next((p.amplitude_v for p in res.pulses if p.kind == "set"), None),
+        "reset_amplitude_v": next((p.amplitude_v for p in res.pulses if p.kind == "reset"),
+                                  None),
+        "width_s": res.pulses[0].width_s if res.pulses else None,
+        "seed": args.seed,
+        "max_temperature_rise_k": res.max_temperature_rise_k,
+        "solve_seconds": res.solve_seconds,
+    }
+    summary = (f"1T1R cell: {args.set} SET + {args.reset} RESET pulses; conductance "
+               f"{g[0]:.3f} uS -> {g[min(args.set, len(g) - 1)]:.3f} uS after SET -> "
+               f"{g[-1]:.3f} uS at the end ({res.solve_seconds:.2f} s in ngspice)")
+    _emit(args, payload, summary)
+
+
+# ---- array ------------------------------------------------------------------------------
+def random_tile(hw: HardwareConfig, *, runner, seed: int, levels: int = 128
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random map of programmable levels and a random input vector.
+
+    Returns (states, cell conductances in S, inputs). The ``levels`` programmable levels are
+    evenly spaced over the 1T1R cell's read-conductance window, solved in ngspice.
+    """
+    from circuitsim.device import cell_conductance_curve
+
+    rng = np.random.default_rng(seed)
+    n_grid, g_grid = cell_conductance_curve(hw, runner=runner)
+    level_g = np.linspace(g_grid[0], g_grid[-1], levels)
+    pick = rng.integers(0, levels, size=(hw.array.rows, hw.array.cols))
+    g = level_g[pick]
+    states = np.interp(g, g_grid, n_grid)
+    x = rng.integers(0, 2 ** hw.drive.input_bits, size=hw.array.rows)
+    return states, g, x
+
+
+def cmd_array(args: argparse.Namespace) -> None:
+    from circuitsim.tile import ideal_accumulated_v, ideal_codes, solve_tile
+
+    hw, solver = _hardware(args)
+    with _runner(solver) as runner:
+        states, g, x = random_tile(hw, runner=runner, seed=args.seed)
+        res = solve_tile(hw, states, x, runner=runner, solver=solver)
+    ideal = ideal_codes(hw, g, x)
+    diff = res.codes - ideal
+    payload = {
+        "rows": hw.array.rows,
+        "cols": hw.array.cols,
+        "seed": args.seed,
+        "inputs": [int(v) for v in x],
+        "codes": [int(v) for v in res.codes],
+        "ideal_codes": [int(v) for v in ideal],
+        "accumulated_v": [float(v) for v in res.accumulated_v],
+        "ideal_accumulated_v": [float(v) for v in ideal_accumulated_v(hw, g, x)],
+        "mean_code_error": float(np.mean(diff)),
+        "max_abs_code_error": int(np.max(np.abs(diff))),
+        "solve_seconds": res.solve_seconds,
+    }
+    summary = (f"{hw.array.rows}x{hw.array.cols} tile solved in ngspice in "
+               f"{res.solve_seconds:.2f} s; codes vs ideal crossbar: mean error "
+               f"{np.mean(diff):+.2f}, max |error| {np.max(np.abs(diff))} codes")
+    _emit(args, payload, summary)
+
+
+# ---- demo -------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The main job on the embedded default: characterize a device, then solve a tile."""
+    from circuitsim.device import simulate_pulses
+    from circuitsim.tile import ideal_codes, solve_tile
+
+    hw, solver = _hardware(args)
+    started = time.perf_counter()
+    with _runner(solver) as runner:
+        print("[1/2] 1T1R cell: 100 SET then 100 RESET pulses in ngspice ...", file=sys.stderr)
+        dev = simulate_pulses(hw, 100, 100, runner=runner, seed=args.seed, solver=solver)
+        g = dev.conductance_us
+        print(f"      conductance {g[0]:.2f} -> {g[100]:.2f} -> {g[-1]:.2f} uS; "
+              f"largest step {np.max(np.abs(np.diff(g))):.3f} uS", file=sys.stderr)
+        print(f"[2/2] {hw.array.rows}x{hw.array.cols} tile: random levels and 8-bit inputs, "
+              "bit-serial transient in ngspice ...", file=sys.stderr)
+        states, gmap, x = random_tile(hw, runner=runner, seed=args.seed)
+        tile = solve_tile(hw, states, x, runner=runner, solver=solver)
+    ideal = ideal_codes(hw, gmap, x)
+    diff = tile.codes - ideal
+    payload = {
+        "device_conductance_us": [round(float(v), 4) for v in g],
+        "tile_rows": hw.array.rows,
+        "tile_cols": hw.array.cols,
+        "codes": [int(v) for v in tile.codes],
+        "ideal_codes": [int(v) for v in ideal],
+        "tile_solve_seconds": tile.solve_seconds,
+        "seconds": time.perf_counter() - started,
+    }
+    summary = (f"      {tile.solve_seconds:.2f} s in ngspice; ADC codes vs an ideal crossbar: "
+               f"mean {np.mean(diff):+.2f}, max |error| {np.max(np.abs(diff))} codes "
+               f"(IR drop, transistor and TIA)\n"
+               f"done in {payload['seconds']:.1f} s")
+    _emit(args, payload, summary)
+
+
+# ---- parser -----------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser, *, default_preset: str = "chip") -> None:
+    p.add_argument("--preset", default=default_preset,
+                   help="hardware preset: chip (64x64, default), paper-sim (256x64), tiny (8x8)")
+    p.add_argument("--config", type=Path, help="TOML file overriding the preset's fields")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object as the last line of stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="log solver details to stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="circuitsim",
+        description="Circuit-accurate (ngspice) simulation of RRAM compute-in-memory tiles.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("device", help="one 1T1R cell")
+    dev_sub = dev.add_subparsers(dest="device_command", required=True)
+    pulses = dev_sub.add_parser(
+        "pulses", help="N SET then M RESET pulses on one cell in ngspice, reading after each")
+    pulses.add_argument("--set", type=_positive_int, required=True, help="SET pulses")
+    pulses.add_argument("--reset", type=_positive_int, required=True, help="RESET pulses")
+    pulses.add_argument("--amplitude", type=float,
+                        help="pulse amplitude for both kinds, V (default 2.2 V SET, 3.0 V RESET)")
+    pulses.add_argument("--width", type=float, help="pulse width, s (default 100e-9)")
+    pulses.add_argument("--initial-us", type=float,
+                        help="initial cell read conductance, uS (default: the floor)")
+    pulses.add_argument("--seed", type=int, default=0,
+                        help="seed of the device-to-device and cycle-to-cycle draws")
+    _add_common(pulses)
+    pulses.set_defaults(func=cmd_device_pulses)
+
+    arr = sub.add_parser("array", help="program a random tile and solve a bit-serial read")
+    arr.add_argument("--rows", type=int)
+    arr.add_argument("--cols", type=int)
+    arr.add_argument("--seed", type=int, default=0)
+    _add_common(arr)
+    arr.set_defaults(func=cmd_array)
+
+    demo = sub.add_parser("demo", help="the main job on the embedded default")
+    demo.add_argument("--seed", type=int, default=0)
+    _add_common(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except CircuitSimError as err:
+        kind = "configuration error" if isinstance(err, ConfigError) else "error"
+        print(f"circuitsim: {kind}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
