@@ -1,0 +1,1 @@
+"""Calibration: ngspice sweeps to HDF5 lookup surfaces (see README.md)."""

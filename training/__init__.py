@@ -1,0 +1,1 @@
+"""Training with circuit-calibrated surrogate tiles (see README.md)."""
