@@ -169,7 +169,7 @@ _CLOSE_TIMEOUT_S = 5.0
 _INSTALL_HINT = (
     "circuitsim needs ngspice >= {min_version} built with the KLU solver: both the program "
     "`ngspice` and the shared library libngspice.\n"
-    "  Debian 12 (bookworm): run `make setup`, or enable bookworm-backports and run\n"
+    "  Debian 12 (bookworm): run `bash scripts/setup.sh`, or enable bookworm-backports and run\n"
     "      sudo apt-get install -t bookworm-backports ngspice libngspice0\n"
     "  newer Debian or Ubuntu: sudo apt-get install ngspice libngspice0\n"
     "A libngspice in a non-standard place can be named with NGSPICE_LIBRARY_PATH."

@@ -296,7 +296,7 @@ def test_missing_program_raises_not_found(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(SimulatorNotFoundError, match="ngspice program"):
         check_ngspice()
     with Runner(SolverConfig(backend="batch")) as runner, \
-            pytest.raises(SimulatorNotFoundError, match="make setup"):
+            pytest.raises(SimulatorNotFoundError, match="scripts/setup.sh"):
         runner.run(DIVIDER, name="divider")
 
 
