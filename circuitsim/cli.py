@@ -166,6 +166,35 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _emit(args, payload, summary)
 
 
+# ---- calibrate / report -----------------------------------------------------------------
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from calibration.calibrate import calibrate
+
+    hw, solver = _hardware(args)
+    res = calibrate(hw, preset=args.preset, solver=solver, out=args.out, workers=args.workers,
+                    scheduler=args.scheduler, force=args.force,
+                    surfaces=args.surfaces.split(",") if args.surfaces else None)
+    payload = {
+        "path": str(res.path),
+        "surfaces": res.surfaces,
+        "spice_runs": res.spice_runs,
+        "seconds": res.seconds,
+        "cache_hit": res.cache_hit,
+        "content_hash": res.content_hash,
+    }
+    what = "found in the cache" if res.cache_hit else \
+        f"built from {res.spice_runs} ngspice runs in {res.seconds:.1f} s"
+    _emit(args, payload, f"calibration {what}: {res.path}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from calibration.report import write_report
+
+    paths = write_report(args.table, args.out)
+    _emit(args, {"plots": [str(p) for p in paths]},
+          f"{len(paths)} plots written to {args.out}")
+
+
 # ---- parser -----------------------------------------------------------------------------
 def _positive_int(text: str) -> int:
     try:
@@ -214,6 +243,24 @@ def build_parser() -> argparse.ArgumentParser:
     arr.add_argument("--seed", type=int, default=0)
     _add_common(arr)
     arr.set_defaults(func=cmd_array)
+
+    cal = sub.add_parser("calibrate", help="ngspice sweeps -> HDF5 lookup surfaces (cached)")
+    cal.add_argument("--out", type=Path,
+                     help="a .h5 file, or a folder for it (default: the user cache folder)")
+    cal.add_argument("--workers", type=int, default=2,
+                     help="local worker processes, one ngspice each (0: in this process)")
+    cal.add_argument("--scheduler", help="address of a Dask distributed scheduler")
+    cal.add_argument("--force", action="store_true", help="recompute even if cached")
+    cal.add_argument("--surfaces", help="comma-separated subset of the surfaces")
+    _add_common(cal)
+    cal.set_defaults(func=cmd_calibrate)
+
+    rep = sub.add_parser("report", help="draw each surface of a calibration table as PNG")
+    rep.add_argument("--table", type=Path, required=True)
+    rep.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
+    rep.add_argument("--json", action="store_true")
+    rep.add_argument("-v", "--verbose", action="store_true")
+    rep.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default")
     demo.add_argument("--seed", type=int, default=0)

@@ -289,7 +289,8 @@ class HardwareConfig:
         if self.drive.v_set_max_v > self.device.v_valid_max_v or \
                 self.drive.v_reset_max_v > self.device.v_valid_max_v:
             raise ConfigError(
-                f"drive pulse amplitudes up to {max(self.drive.v_set_max_v, self.drive.v_reset_max_v)!r} V "
+                f"drive pulse amplitudes up to "
+                f"{max(self.drive.v_set_max_v, self.drive.v_reset_max_v)!r} V "
                 f"exceed the device model's validity, device.v_valid_max_v = "
                 f"{self.device.v_valid_max_v!r} V")
 

@@ -12,7 +12,7 @@ import pytest
 from circuitsim.device import (cell_conductance_curve, draw_variation, simulate_pulses,
                                simulate_schedule)
 from circuitsim.reference import DeviceModel
-from netlists.config import DeviceParams, HardwareConfig, SolverConfig, preset
+from netlists.config import DeviceParams, HardwareConfig, preset
 from netlists.device import device_library
 from netlists.errors import ConfigError
 from netlists.programming import Pulse, render_pulse_deck
