@@ -158,7 +158,10 @@ def calibrate(hw: HardwareConfig, *, preset: str = "chip", solver: SolverConfig 
             return found
         parts = PartialResults(path.with_name(path.name + ".parts"), key=key)
         points = {s.name: list(s.points(hw, grids[s.name])) for s in objs}
-        jobs = [Job(name, i, p) for name in names for i, p in enumerate(points[name])]
+        # Surfaces with few points first: their jobs are the long ones (whole write-verify
+        # runs, tile solves), and starting them early keeps every worker busy to the end.
+        order = sorted(names, key=lambda name: len(points[name]))
+        jobs = [Job(name, i, p) for name in order for i, p in enumerate(points[name])]
         done = {name: parts.done(name) for name in names}
         todo = [j for j in jobs if j.index not in done[j.surface]]
         context = {

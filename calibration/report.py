@@ -93,6 +93,37 @@ def _summaries(surface: SurfaceData) -> list[str]:
     return keep
 
 
+def _array_view(plt, surface: SurfaceData, title: str):
+    """The array surface: departure of the fitted network and of the ideal crossbar from
+    ngspice, per column and bit-plane, in ADC LSB at the TIA output."""
+    d = surface.datasets
+    lsb_a = float(surface.attrs.get("lsb_current_a", 0.0)) or None
+    spice = np.asarray(d["spice_column_current_a"].data, dtype=float).ravel()
+    model = np.asarray(d["model_column_current_a"].data, dtype=float).ravel()
+    ideal = np.asarray(d["ideal_column_current_a"].data, dtype=float).ravel()
+    scale, unit = (1.0 / lsb_a, "LSB") if lsb_a else (1e6, "uA")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    axes[0].scatter(spice * 1e6, (ideal - spice) * scale, s=4, label="ideal crossbar")
+    axes[0].scatter(spice * 1e6, (model - spice) * scale, s=4, label="fitted network")
+    axes[0].set_xlabel("ngspice column current [uA]")
+    axes[0].set_ylabel(f"model - ngspice [{unit}]")
+    axes[0].legend(fontsize=8)
+    axes[0].grid(True, alpha=0.3)
+    axes[1].scatter(spice * 1e6, (model - spice) * scale, s=4, color="C1")
+    axes[1].set_xlabel("ngspice column current [uA]")
+    axes[1].set_ylabel(f"fitted network - ngspice [{unit}]")
+    axes[1].set_title("fitted network alone", fontsize=9)
+    axes[1].grid(True, alpha=0.3)
+    coeffs = ", ".join(f"{v:.4g}" for v in np.ravel(d["coefficients_ohm"].data)) \
+        if "coefficients_ohm" in d else ""
+    fig.suptitle(f"{title}\nfitted r_drv, r_row, r_col, r_vg = {coeffs} ohm", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    return fig
+
+
+_VIEWS = {"array": ("spice_column_current_a", _array_view)}
+
+
 def write_report(table: str | Path, out_dir: str | Path) -> list[Path]:
     """Draw each surface of ``table`` as ``<out_dir>/<surface>.png``; returns the paths."""
     import matplotlib
@@ -105,6 +136,14 @@ def write_report(table: str | Path, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, surface in tab.surfaces.items():
+        view = _VIEWS.get(name)
+        if view is not None and view[0] in surface.datasets:
+            fig = view[1](plt, surface, f"{name} — {tab.path.name}")
+            path = out / f"{name}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+            continue
         names = _summaries(surface)
         cols = min(3, max(1, len(names)))
         rows = math.ceil(len(names) / cols)

@@ -132,24 +132,33 @@ def cmd_array(args: argparse.Namespace) -> None:
 
 # ---- demo -------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The main job on the embedded default: characterize a device, then solve a tile."""
+    """The main job on the embedded default: characterize a device, solve a tile in SPICE,
+    then build (or find in the cache) the calibration tables."""
+    from calibration.calibrate import calibrate
     from circuitsim.device import simulate_pulses
     from circuitsim.tile import ideal_codes, solve_tile
 
     hw, solver = _hardware(args)
     started = time.perf_counter()
     with _runner(solver) as runner:
-        print("[1/2] 1T1R cell: 100 SET then 100 RESET pulses in ngspice ...", file=sys.stderr)
+        print("[1/3] 1T1R cell: 100 SET then 100 RESET pulses in ngspice ...", file=sys.stderr)
         dev = simulate_pulses(hw, 100, 100, runner=runner, seed=args.seed, solver=solver)
         g = dev.conductance_us
         print(f"      conductance {g[0]:.2f} -> {g[100]:.2f} -> {g[-1]:.2f} uS; "
               f"largest step {np.max(np.abs(np.diff(g))):.3f} uS", file=sys.stderr)
-        print(f"[2/2] {hw.array.rows}x{hw.array.cols} tile: random levels and 8-bit inputs, "
+        print(f"[2/3] {hw.array.rows}x{hw.array.cols} tile: random levels and 8-bit inputs, "
               "bit-serial transient in ngspice ...", file=sys.stderr)
         states, gmap, x = random_tile(hw, runner=runner, seed=args.seed)
         tile = solve_tile(hw, states, x, runner=runner, solver=solver)
     ideal = ideal_codes(hw, gmap, x)
     diff = tile.codes - ideal
+    print(f"      {tile.solve_seconds:.2f} s in ngspice; ADC codes vs an ideal crossbar: "
+          f"mean {np.mean(diff):+.2f}, max |error| {np.max(np.abs(diff))} codes "
+          "(IR drop, transistor and TIA)", file=sys.stderr)
+    print(f"[3/3] calibration tables ({args.preset}) from ngspice sweeps ...", file=sys.stderr)
+    cal = calibrate(hw, preset=args.preset, solver=solver, workers=args.workers)
+    print(f"      {'found in the cache' if cal.cache_hit else 'built'}: {cal.path} "
+          f"({cal.spice_runs} ngspice runs, {cal.seconds:.1f} s)", file=sys.stderr)
     payload = {
         "device_conductance_us": [round(float(v), 4) for v in g],
         "tile_rows": hw.array.rows,
@@ -157,13 +166,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
         "codes": [int(v) for v in tile.codes],
         "ideal_codes": [int(v) for v in ideal],
         "tile_solve_seconds": tile.solve_seconds,
+        "calibration": str(cal.path),
+        "calibration_cache_hit": cal.cache_hit,
         "seconds": time.perf_counter() - started,
     }
-    summary = (f"      {tile.solve_seconds:.2f} s in ngspice; ADC codes vs an ideal crossbar: "
-               f"mean {np.mean(diff):+.2f}, max |error| {np.max(np.abs(diff))} codes "
-               f"(IR drop, transistor and TIA)\n"
-               f"done in {payload['seconds']:.1f} s")
-    _emit(args, payload, summary)
+    _emit(args, payload, f"done in {payload['seconds']:.1f} s")
 
 
 # ---- calibrate / report -----------------------------------------------------------------
@@ -264,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job on the embedded default")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--workers", type=int, default=2, help="calibration worker processes")
     _add_common(demo)
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -93,3 +93,14 @@ def test_console_script_is_installed():
     assert exe, "the circuitsim console script is installed next to the interpreter"
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "device" in proc.stdout and "array" in proc.stdout
+
+
+def test_demo_on_the_tiny_preset(tmp_path):
+    env = dict(os.environ, CIRCUITSIM_CACHE_DIR=str(tmp_path))
+    out = _last_json(_cli("demo", "--preset", "tiny", "--json", env=env))
+    assert len(out["device_conductance_us"]) == 201
+    assert len(out["codes"]) == len(out["ideal_codes"]) == 8
+    assert Path(out["calibration"]).parent == tmp_path
+    assert out["calibration_cache_hit"] is False
+    again = _last_json(_cli("demo", "--preset", "tiny", "--json", env=env))
+    assert again["calibration_cache_hit"] is True
