@@ -128,8 +128,8 @@ def test_nmos_iv_on_resistance_compliance_and_off_current(runner, chip):
     """The card's I-V: read on-resistance, SET compliance current, off leakage.
 
     Bands: a 65 nm-class 2.5/3.3 V I/O NMOS of W/L = 0.6/0.28 um has a few kohm at
-    Vgs = 2.5 V (small Vds) and 50-150 uA at Vgs = 1.2 V in saturation (the brief's SET
-    compliance); off, well below a nA.
+    Vgs = 2.5 V (small Vds) and 50-150 uA at Vgs = 1.2 V in saturation (a SET compliance);
+    off, well below a nA.
     """
     t = chip.transistor
     points = {"ron": (2.5, 0.1), "sat": (1.2, 1.5), "max": (3.0, 3.0), "off": (0.0, 3.0)}
