@@ -21,8 +21,6 @@ import numpy as np
 from netlists.config import HardwareConfig, SolverConfig, load_config, preset
 from netlists.errors import CircuitSimError, ConfigError
 
-log = logging.getLogger("circuitsim")
-
 
 def _hardware(args: argparse.Namespace) -> tuple[HardwareConfig, SolverConfig]:
     hw = preset(args.preset)
