@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from calibration.base import Array, SurfaceData, preset_grid
+from calibration.base import Array, SurfaceData, preset_grid, result_vector
 from calibration.surfaces.array import level_table
 from netlists.config import HardwareConfig
 from netlists.energy_decks import (
@@ -141,16 +141,6 @@ def source_energy_j(t: np.ndarray, v: np.ndarray, i: np.ndarray, t_start: float 
     return float(np.sum(0.5 * (p[1:] + p[:-1]) * np.diff(t)))
 
 
-def _vec(res: Any, key: str, name: str) -> np.ndarray:
-    try:
-        out = np.asarray(res[key], dtype=float)
-    except KeyError:
-        raise SimulatorError(f"ngspice returned no vector {key!r}", netlist=name) from None
-    if out.size == 0 or not np.all(np.isfinite(out)):
-        raise SimulatorError(f"vector {key!r} is empty or not finite", netlist=name)
-    return out
-
-
 class EnergySurface:
     name = "energy"
     grid_type = EnergyGrid
@@ -199,17 +189,17 @@ class EnergySurface:
         states, g = level_n[pick], level_g[pick]
         name = f"vmm_energy{int(point['case'])}"
         res = runner.run(render_vmm_energy_deck(hw, states, x, name=name), name=name)
-        t = _vec(res, "time", name)
+        t = result_vector(res, "time", name)
         groups = {}
         for group, sources in vmm_sources(hw).items():
             # The word line from the end of the first bit: before, it charges every gate
             # from 0 V, an artifact of a transient that starts from all-zero nodes (uic).
             t0 = hw.drive.t_bit_s if group == "wordline" else None
-            groups[group] = sum(source_energy_j(t, _vec(res, f"v({node})", name),
-                                                _vec(res, f"i({src})", name), t0, None)
+            groups[group] = sum(source_energy_j(t, result_vector(res, f"v({node})", name),
+                                                result_vector(res, f"i({src})", name), t0, None)
                                 for src, node in sources)
-        tout = np.stack([_vec(res, f"v(tout{j})", name) for j in range(cols)])
-        tin = np.stack([_vec(res, f"v(tin{j})", name) for j in range(cols)])
+        tout = np.stack([result_vector(res, f"v(tout{j})", name) for j in range(cols)])
+        tin = np.stack([result_vector(res, f"v(tin{j})", name) for j in range(cols)])
         col_i = (tin - tout) / hw.tia.r_feedback_ohm
         p_tia = np.sum(np.abs(tout * col_i), axis=0)
         tia = float(np.sum(0.5 * (p_tia[1:] + p_tia[:-1]) * np.diff(t)))
@@ -240,19 +230,19 @@ class EnergySurface:
             name = f"pulse_energy_{pol}"
             deck = render_pulse_energy_deck(hw, pol, amp, float(n), name=name)
             res = runner.run(deck.text, name=name)
-            t = _vec(res, "time", name)
+            t = result_vector(res, "time", name)
             for s, (src, node) in enumerate(PULSE_SOURCES):
-                v = _vec(res, f"v({node})", name)
+                v = result_vector(res, f"v({node})", name)
                 # The window must hold the pulse alone: every driver idle at its ends.
                 edges = np.interp([deck.t_start_s, deck.t_stop_s], t, v)
                 if np.any(np.abs(edges) > 1e-9):
                     raise SimulatorError(f"source {src} is not idle at the pulse window's "
                                          f"ends ({edges!r} V)", netlist=name)
-                energy[k, s] = source_energy_j(t, v, _vec(res, f"i({src})", name),
+                energy[k, s] = source_energy_j(t, v, result_vector(res, f"i({src})", name),
                                                deck.t_start_s, deck.t_stop_s)
-            i_read = -np.interp(deck.read_times_s, t, _vec(res, "i(vbl)", name))
+            i_read = -np.interp(deck.read_times_s, t, result_vector(res, "i(vbl)", name))
             g_before[k], g_after[k] = i_read[:2] / hw.drive.v_read_v
-            n_after[k] = np.interp(deck.read_times_s[1], t, _vec(res, "v(xd.x)", name))
+            n_after[k] = np.interp(deck.read_times_s[1], t, result_vector(res, "v(xd.x)", name))
         return {
             "initial_states": n0,
             "source_energy_j": energy,
