@@ -51,7 +51,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import h5py
 import numpy as np
@@ -305,6 +305,21 @@ def _temp_path(target: Path) -> Path:
     return Path(name)
 
 
+def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+    """Have ``write`` fill a temporary file beside ``target``, fsync it, rename it over
+    ``target`` and fsync the folder; on any failure the temporary file is removed and
+    ``target`` is left as it was."""
+    tmp = _temp_path(target)
+    try:
+        write(tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    _fsync_dir(target.parent)
+
+
 def _unlink_quietly(path: Path) -> None:
     try:
         path.unlink()
@@ -364,15 +379,8 @@ class PartialResults:
             if found is not None:
                 self.clear()
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = _temp_path(key_file)
-        try:
-            tmp.write_text(json.dumps(stamp, sort_keys=True) + "\n", encoding="utf-8")
-            _fsync_file(tmp)
-            os.replace(tmp, key_file)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
-        _fsync_dir(self.directory)
+        _atomic_write(key_file, lambda tmp: tmp.write_text(
+            json.dumps(stamp, sort_keys=True) + "\n", encoding="utf-8"))
 
     def _surface_dir(self, surface: str) -> Path:
         if not isinstance(surface, str) or not _SAFE_NAME_RE.match(surface):
@@ -416,17 +424,12 @@ class PartialResults:
             arrays[name] = array
         arrays[_POINT_ENTRY] = np.array(_dumps(_canonical(point)))
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _temp_path(target)
-        try:
+
+        def write(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
-        _fsync_dir(target.parent)
+
+        _atomic_write(target, write)
 
     def load(self, surface: str, index: int, point: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The stored result of job ``index`` of ``surface``.
@@ -626,8 +629,8 @@ def write_table(path: Path | str, *, surfaces: Mapping[str, SurfaceData],
     checksum = _checksum(root, as_read)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             _write_attrs(f, attrs, "table")
             f.attrs[_SCHEMA_ATTR] = SCHEMA_VERSION
@@ -648,12 +651,8 @@ def write_table(path: Path | str, *, surfaces: Mapping[str, SurfaceData],
             f.attrs[_CHECKSUM_ATTR] = checksum
             f.flush()
             f.attrs[_COMPLETE_ATTR] = True  # last: only a whole file carries it
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    _fsync_dir(path.parent)
+
+    _atomic_write(path, write)
 
 
 @dataclass(frozen=True)

@@ -208,11 +208,7 @@ class _Host:
         log = list(self._lines)
         dead = dead or self._dead() or self.exited
         if not dead:
-            # Free the plot and the parsed circuit and clear the command history, so that
-            # memory stays flat over thousands of solves.
-            self._command("destroy all")
-            self._command("remcirc")
-            self._lib.ngSpice_Command(self._ffi.NULL)
+            self._free(keep_circuit=False)
             dead = self.exited
         return {"plot": plot, "vectors": vectors, "complex": complex_data, "log": log,
                 "seconds": seconds, "dead": dead}
@@ -269,12 +265,18 @@ class _Host:
         log = list(self._lines)
         dead = dead or self._dead() or self.exited
         if not dead:
-            # Free the plots (the circuit stays) and the command history.
-            self._command("destroy all")
-            self._lib.ngSpice_Command(self._ffi.NULL)
+            self._free(keep_circuit=True)
             dead = self.exited
         return {"plot": plot, "vectors": vectors, "complex": complex_data, "log": log,
                 "seconds": seconds, "dead": dead, "loaded": self.kept and not dead}
+
+    def _free(self, *, keep_circuit: bool) -> None:
+        """Free the plots (and, unless kept, the parsed circuit) and clear the command
+        history, so that memory stays flat over thousands of solves."""
+        self._command("destroy all")
+        if not keep_circuit:
+            self._command("remcirc")
+        self._lib.ngSpice_Command(self._ffi.NULL)
 
     def _alter(self, source: str, kind: str, values: list[float]) -> None:
         """``alter SOURCE dc|pwl = <vector holding values>``."""
