@@ -57,6 +57,7 @@ import h5py
 import numpy as np
 
 from calibration.base import Array, SurfaceData
+from netlists.config import HardwareConfig
 from netlists.errors import TableError
 
 __all__ = [
@@ -670,6 +671,16 @@ class Table:
         except KeyError:
             raise TableError(f"{self.path}: no surface {name!r}; this calibration holds "
                              f"{sorted(self.surfaces)}") from None
+
+    def hardware(self) -> HardwareConfig:
+        """The hardware configuration this table was calibrated for (from its manifest)."""
+        try:
+            manifest = json.loads(self.attrs["manifest_json"])
+            return HardwareConfig.from_dict(manifest["hardware"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise TableError(f"{self.path}: the table's manifest holds no readable hardware "
+                             f"configuration ({type(err).__name__}: {err}); {_RECALIBRATE}"
+                             ) from err
 
     def check_range(self, surface: str, axis: str, values: Any) -> None:
         """TableError if any of ``values`` lies outside ``axis``'s calibrated [min, max].

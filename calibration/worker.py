@@ -21,7 +21,7 @@ from netlists.config import HardwareConfig, SolverConfig
 if TYPE_CHECKING:
     from circuitsim.runner import Runner
 
-__all__ = ["TASK_KEYS", "close_runner", "run_job"]
+__all__ = ["TASK_KEYS", "close_runner", "run_job", "runner_for"]
 
 TASK_KEYS = ("hardware", "solver", "surface", "grid", "point")
 """The keys of a task dict (see :func:`run_job`)."""
@@ -32,7 +32,7 @@ _runner: "Runner | None" = None
 _runner_lock = threading.Lock()
 
 
-def _runner_for(solver: SolverConfig) -> "Runner":
+def runner_for(solver: SolverConfig) -> "Runner":
     """This process's runner, (re)created for ``solver`` when needed."""
     global _runner
     from circuitsim.runner import Runner
@@ -118,7 +118,7 @@ def run_job(task: Mapping[str, Any]) -> dict[str, np.ndarray]:
     hw = HardwareConfig.from_dict(task["hardware"])
     solver = SolverConfig.from_dict(task["solver"])
     grid = surface.grid_type(**task["grid"])
-    runner = _Counting(_runner_for(solver))
+    runner = _Counting(runner_for(solver))
     result = surface.solve(hw, grid, task["point"], runner)
     out: dict[str, np.ndarray] = {SPICE_RUNS_KEY: np.asarray(runner.solves)}
     for name, value in result.items():

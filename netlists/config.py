@@ -142,6 +142,11 @@ class DeviceParams(_Validated):
                                doc="device-to-device spread: log-normal sigma of the rate")
     d2d_window_sigma: float = _q(0.03, 0.0, 1.0,
                                  doc="device-to-device spread: log-normal sigma of n_min and n_max")
+    read_noise_sigma: float = _q(0.02, 0.0, 1.0,
+                                 doc="read noise: standard deviation of one read of a cell's "
+                                     "conductance as a fraction of the read window "
+                                     "g(n_max) - g(n_min); applied by the surrogate tile "
+                                     "(ngspice transients are noise-free)")
 
     def _check(self) -> None:
         if not self.n_min < self.n_max:
