@@ -200,6 +200,54 @@ def cmd_report(args: argparse.Namespace) -> None:
           f"{len(paths)} plots written to {args.out}")
 
 
+# ---- surrogate validation -----------------------------------------------------------------
+def load_calibration(args: argparse.Namespace):
+    """The calibration table a command asks for: ``--table PATH``, or ``--preset`` (with
+    ``--config``) from the cache, built first when it is missing (with its progress bar)."""
+    from calibration.calibrate import calibrate
+    from calibration.store import open_table
+
+    if getattr(args, "table", None) is not None:
+        return open_table(args.table)
+    hw = preset(args.preset)
+    solver = SolverConfig()
+    if getattr(args, "config", None):
+        hw, solver = load_config(args.config, base=hw)
+    res = calibrate(hw, preset=args.preset, solver=solver,
+                    workers=getattr(args, "workers", 2))
+    if not res.cache_hit:
+        print(f"calibration built from {res.spice_runs} ngspice runs in {res.seconds:.0f} s: "
+              f"{res.path}", file=sys.stderr)
+    return open_table(res.path, expected_hash=res.content_hash)
+
+
+def _case_progress(label: str):
+    def show(done: int, total: int) -> None:
+        print(f"{label}: {done}/{total} tiles solved in ngspice", file=sys.stderr, flush=True)
+    return show
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from calibration.validate import plot_validation, validate
+    from circuitsim.runner import check_ngspice
+
+    check_ngspice()
+    table = load_calibration(args)
+    result = validate(table, cases=args.cases, seed=args.seed, rows=args.rows,
+                      cols=args.cols, workers=args.workers, method=args.method,
+                      progress=_case_progress("validate"))
+    payload = result.summary()
+    payload["table"] = str(table.path)
+    payload["rows"], payload["cols"] = (int(n) for n in result.cases[0].levels.shape)
+    if args.plot:
+        payload["plot"] = str(plot_validation(result, args.plot))
+    summary = (f"surrogate vs ngspice on {payload['cases']} {payload['rows']}x{payload['cols']}"
+               f" tiles: rms {payload['rms_lsb']:.3f} LSB, max {payload['max_lsb']:.3f} LSB, "
+               f"codes {100 * payload['code_match']:.1f}% identical; ideal crossbar rms "
+               f"{payload['ideal_rms_lsb']:.2f} LSB; {payload['speedup']:.3g}x faster per VMM")
+    _emit(args, payload, summary)
+
+
 # ---- parser -----------------------------------------------------------------------------
 def _positive_int(text: str) -> int:
     try:
@@ -266,6 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true")
     rep.add_argument("-v", "--verbose", action="store_true")
     rep.set_defaults(func=cmd_report)
+
+    val = sub.add_parser("validate", help="the surrogate tile against whole-tile ngspice solves")
+    val.add_argument("--table", type=Path,
+                     help="a calibration table (.h5); default: the preset's, from the cache")
+    val.add_argument("--cases", type=_positive_int, default=20, help="held-out tiles to solve")
+    val.add_argument("--rows", type=_positive_int, help="tile rows (default: the table's)")
+    val.add_argument("--cols", type=_positive_int, help="tile columns (default: the table's)")
+    val.add_argument("--seed", type=int, default=0)
+    val.add_argument("--plot", type=Path, help="write a scatter plot (PNG) here")
+    val.add_argument("--workers", type=int, default=2,
+                     help="ngspice worker processes (0: in this process)")
+    val.add_argument("--method", choices=["exact", "fast"], default="exact",
+                     help="how the surrogate computes the effective conductances")
+    _add_common(val)
+    val.set_defaults(func=cmd_validate)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default")
     demo.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,381 @@
+"""The surrogate tile: a 1T1R tile's bit-serial read in torch, from the calibration table alone.
+
+A read of a tile with cell conductances ``g`` (N rows x M columns) and 8-bit inputs ``x``
+(N,) goes, in the circuit and here, through these stages (each calibrated in ngspice; the
+surface that describes it in brackets):
+
+1. Bit-plane ``k`` (LSB first) drives row ``i`` at ``v_read * bit_k(x_i)`` for one bit time.
+2. The cells and lines form a linear resistive network (``array``): the column currents are
+   ``C_k = (v_read b_k - v_offset) @ W(g)`` with ``W`` the tile's effective conductance
+   matrix (``calibration.irdrop``; IR drop on rows and columns, the drivers, the TIAs'
+   virtual ground). ``W`` depends on ``g`` only and is computed once per programming
+   (:meth:`TileSurrogate.prepare`).
+3. Each column's TIA turns ``C_k`` into a voltage (``tia``): DC gain ``R_f A / (1 + A)``
+   between soft rails, sampled before it has fully settled. The sample of bit ``k`` is a
+   linear first-order response to the inputs of bits ``k`` and ``k - 1`` and to the previous
+   sample: ``y_k = alpha u_k + eps u_(k-1) + rho y_(k-1)`` with ``u`` the settled output,
+   ``alpha`` the fraction settled from rest, ``rho = exp(-t_bit / tau)`` and ``eps`` chosen so
+   that a repeated bit reaches the measured ``settled_fraction_repeat``; that is
+   ``y = H u`` with ``H`` lower-triangular Toeplitz.
+4. The multi-cycle front-end accumulates ``D = sum_k w_k y_k + d_offset`` with the bit
+   weights ``w`` solved in ngspice (``adc``), and the ADC converts ``D`` (plus its
+   input-referred noise) against the measured transition levels.
+
+The algebraic shortcut. Everything from 2 to 4 is linear while no TIA leaves its linear
+range, so the accumulated voltage is ``D = sum_k a_k u_k + d_offset`` with ``a = w H`` and
+``u_k = G C_k``; substituting ``C_k``::
+
+    D = lut[x] @ (G v_read W) + const,     lut[v] = sum_k a_k bit_k(v)
+
+one table lookup per input and ONE GEMM for all eight bit-planes. Whether a tile qualifies
+is decided once per programming from a bound (every input bit at 1 on a column,
+``G v_read sum_i W_ij`` within ``tia_linear_limit_v``); tiles that can reach a rail (e.g.
+256-row tiles at high conductance) take the exact path instead: the eight planes' currents
+in one batched GEMM, the TIA's DC transfer interpolated from the table for each, then the
+same ``a``. The validation (``calibration.validate``) compares both against full ngspice
+solves.
+
+Noise (seeded through a ``torch.Generator``; off without one). Read noise: every cell read
+(one per bit-plane) deviates by ``N(0, sigma_g^2)`` with ``sigma_g = read_noise_sigma x`` the
+read window (``DeviceParams.read_noise_sigma``; not in the SPICE decks, which are
+deterministic). Its effect on ``D`` is Gaussian with variance
+``(G v_read sigma_g)^2 sum_i sum_k a_k^2 bit_k(x_i)``, drawn directly (the same distribution
+as eight planes of per-cell draws, at the cost of one draw per output). ADC noise: the
+table's ``noise_v_rms``, added to ``D`` before the conversion.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from calibration.store import Table
+from netlists.config import HardwareConfig
+from netlists.errors import ConfigError, TableError
+
+__all__ = ["TileSurrogate", "PreparedTiles", "TileRead", "effective_conductance"]
+
+_METHODS = ("exact", "fast")
+
+
+def _rev_cumsum(a: torch.Tensor, dim: int) -> torch.Tensor:
+    return torch.flip(torch.cumsum(torch.flip(a, (dim,)), dim), (dim,))
+
+
+def _line_loss(cur: torch.Tensor, r: tuple[float, float, float, float]) -> torch.Tensor:
+    """``calibration.irdrop.line_loss`` in torch."""
+    r_drv, r_row, r_col, r_vg = r
+    row_seg = _rev_cumsum(cur, -1)
+    col_seg = torch.cumsum(cur, -2)
+    return (r_drv * row_seg[..., :1] + r_row * torch.cumsum(row_seg, -1)
+            + r_vg * col_seg[..., -1:, :] + r_col * _rev_cumsum(col_seg, -2))
+
+
+def _unit_responses(g: torch.Tensor, r: tuple[float, float, float, float],
+                    iterations: int) -> torch.Tensor:
+    """(..., N, M): row ``k`` holds the column currents with 1 V on row ``k`` alone."""
+    rho = torch.clamp(torch.amax(_line_loss(g, r), dim=(-2, -1)), min=0.0)
+    w = (2.0 / (2.0 + rho))[..., None, None, None]
+    gg = g[..., None, :, :]
+    drive = torch.eye(g.shape[-2], dtype=g.dtype, device=g.device)[..., None]
+    cur = gg * drive
+    for _ in range(iterations):
+        cur = cur + w * (gg * (drive - _line_loss(cur, r)) - cur)
+    return cur.sum(-2)
+
+
+def effective_conductance(g: torch.Tensor, coefficients: Any, *, iterations: int,
+                          method: str = "exact") -> torch.Tensor:
+    """``W`` (..., N, M) with ``C = (v - v_offset) @ W``: ``calibration.irdrop``'s
+    ``effective_conductance`` in torch (same methods, same iteration)."""
+    r = tuple(float(c) for c in np.asarray(coefficients, dtype=float).ravel())
+    if len(r) != 4:
+        raise ConfigError(f"IR-drop coefficients need 4 values, got {len(r)}")
+    if g.ndim < 2:
+        raise ConfigError(f"g must have shape (..., rows, cols), got {tuple(g.shape)}")
+    rows, cols = g.shape[-2:]
+    if method == "exact":
+        if cols < rows:  # reciprocity: drive each column at its TIA end (see irdrop)
+            gt = torch.swapaxes(torch.flip(g, (-2, -1)), -1, -2)
+            wt = _unit_responses(gt, (r[3], r[2], r[1], r[0]), iterations)
+            return torch.swapaxes(torch.flip(wt, (-2, -1)), -1, -2)
+        return _unit_responses(g, r, iterations)
+    if method == "fast":
+        r_drv, r_row, r_col, r_vg = r
+        rho = torch.clamp(torch.amax(_line_loss(g, r), dim=(-2, -1)), min=0.0)
+        w = (2.0 / (2.0 + rho))[..., None, None]
+        dist = (rows - torch.arange(rows, dtype=g.dtype, device=g.device))[:, None]
+        out = g.clone()
+        for _ in range(iterations):
+            row_seg = _rev_cumsum(out, -1)
+            d_row = r_drv * row_seg[..., :1] + r_row * torch.cumsum(row_seg, -1)
+            weighted = out * dist
+            d_col = (r_vg * out.sum(-2, keepdim=True)
+                     + r_col * (dist * torch.cumsum(out, -2) + _rev_cumsum(weighted, -2)
+                                - weighted))
+            out = out + w * (g * (1.0 - d_row - d_col) - out)
+        return out
+    raise ConfigError(f"method = {method!r} is not allowed: choose one of {list(_METHODS)}")
+
+
+@dataclass(frozen=True)
+class PreparedTiles:
+    """Programmed tiles ready to read: what :meth:`TileSurrogate.prepare` computes once.
+
+    ``g`` (..., N, M) S; ``w_scaled`` = ``G v_read W`` (V per unit of ``lut``);
+    ``offset_v`` (..., M) the constant part of ``D``; ``linear`` True where no TIA of the
+    tile can leave its linear range (the shortcut is exact there); ``w`` = ``W`` in S.
+    """
+
+    g: torch.Tensor
+    w: torch.Tensor
+    w_scaled: torch.Tensor
+    offset_v: torch.Tensor
+    linear: torch.Tensor
+
+    @property
+    def all_linear(self) -> bool:
+        return bool(torch.all(self.linear))
+
+
+@dataclass(frozen=True)
+class TileRead:
+    """A read: ``analog_v`` the accumulated front-end voltage ``D`` (..., B, M) before the
+    conversion (noise included when drawn), ``codes`` the ADC codes (same shape, int64)."""
+
+    analog_v: torch.Tensor
+    codes: torch.Tensor
+
+
+def _slope(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    slope, intercept = np.polyfit(x[mask], y[mask], 1)
+    return float(slope), float(intercept)
+
+
+class TileSurrogate:
+    """The read path of a tile (module docstring), built from a calibration :class:`Table`.
+
+    ``method``: how ``W(g)`` is computed (``"exact"``: N unit solves; ``"fast"``: the matrix
+    iteration, N times cheaper; see ``calibration.irdrop``). Tensors live on ``device`` in
+    ``dtype`` (float32 by default). ``rows``/``cols`` model a tile of another size than the
+    calibrated one with the same per-segment line resistances, TIA and ADC (the network's
+    coefficients are per segment; ``circuitsim validate --rows --cols`` measures how well
+    that carries over).
+    """
+
+    def __init__(self, table: Table, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32, method: str = "exact",
+                 rows: int | None = None, cols: int | None = None) -> None:
+        if method not in _METHODS:
+            raise ConfigError(f"method = {method!r} is not allowed: choose one of "
+                              f"{list(_METHODS)}")
+        self.table_path = table.path
+        hw = table.hardware()
+        calibrated = (hw.array.rows, hw.array.cols)
+        if rows is not None or cols is not None:
+            hw = hw.replace(array={"rows": hw.array.rows if rows is None else rows,
+                                   "cols": hw.array.cols if cols is None else cols})
+        self.hw: HardwareConfig = hw
+        self.method = method
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = dtype
+        array, tia, adc = table.surface("array"), table.surface("tia"), table.surface("adc")
+        wv = table.surface("write_verify")
+        try:
+            self.coefficients = np.asarray(array.datasets["coefficients_ohm"].data, float)
+            self.iterations = int(array.attrs["iterations"])
+            self.v_offset_v = float(array.attrs["v_offset_v"])
+            self.linear_limit_v = float(array.attrs["tia_linear_limit_v"])
+            i_in = np.asarray(tia.axes["i_in"].data, float)
+            v_dc = np.asarray(tia.datasets["v_out"].data, float)
+            v_rest = np.asarray(tia.datasets["v_out_sampled"].data, float)
+            v_rep = np.asarray(tia.datasets["v_out_sampled_repeat"].data, float)
+            tau = float(tia.attrs["closed_loop_tau_s"])
+            bit_weight = np.asarray(adc.datasets["bit_weight"].data, float)
+            d_offset = float(np.asarray(adc.datasets["d_offset"].data))
+            transitions = np.asarray(adc.datasets["transition_v"].data, float)
+            self.adc_noise_v = float(adc.attrs["noise_v_rms"])
+            window = (float(wv.attrs["window_low_s"]), float(wv.attrs["window_high_s"]))
+        except KeyError as err:
+            raise TableError(f"{table.path}: the calibration lacks {err} that the surrogate "
+                             "needs; recalibrate with this version (`circuitsim calibrate "
+                             "--force`)") from None
+        if calibrated != tuple(array.datasets["effective_conductance_s"].data.shape[-2:]):
+            raise TableError(f"{table.path}: the array surface's tiles do not match the "
+                             "hardware's rows x cols")
+        bits = hw.drive.input_bits
+        if bit_weight.shape != (bits,):
+            raise TableError(f"{table.path}: the adc surface has {bit_weight.size} bit "
+                             f"weights for {bits} input bits")
+        self.window_s = window
+
+        # TIA: DC gain on the feedback current (the array surface's column current), and the
+        # sampled fractions from the table's Norton-source runs, relative to its DC slope.
+        linear = np.abs(v_dc) <= self.linear_limit_v
+        s_dc, u0 = _slope(i_in, v_dc, linear)
+        s_rest, _ = _slope(i_in, v_rest, linear)
+        s_rep, _ = _slope(i_in, v_rep, linear)
+        gain = hw.tia.r_feedback_ohm * hw.tia.open_loop_gain / (1.0 + hw.tia.open_loop_gain)
+        self.tia_gain_ohm = gain
+        alpha = s_rest / s_dc
+        rho = math.exp(-hw.drive.t_bit_s / tau) if tau > 0 else 0.0
+        eps = s_rep / s_dc - alpha - rho * alpha
+        h = np.zeros(bits)
+        h[0] = alpha
+        if bits > 1:
+            h[1] = eps + rho * alpha
+        for j in range(2, bits):
+            h[j] = rho * h[j - 1]
+        big_h = np.zeros((bits, bits))
+        for k in range(bits):
+            big_h[k, :k + 1] = h[k::-1]
+        a = bit_weight @ big_h                       # D = sum_l a_l u_l + d_offset
+        self.plane_weights = a
+        self.tia_settling = {"alpha": alpha, "eps": eps, "rho": rho}
+        self.u0_v = -u0                              # settled "-v_out" at zero current
+        self.d_offset_v = d_offset
+        levels = np.arange(2 ** bits)
+        planes = ((levels[:, None] >> np.arange(bits)) & 1).astype(float)   # (256, bits)
+        self._bits = planes
+        kw = {"device": self.device, "dtype": dtype}
+        self.lut = torch.as_tensor(planes @ a, **kw)
+        self.lut_noise = torch.as_tensor(planes @ (a ** 2), **kw)
+        self.plane_a = torch.as_tensor(a, **kw)
+        self.planes = torch.as_tensor(planes, **kw)
+        # The exact path's TIA transfer: the table's DC curve, indexed by the feedback
+        # current scaled so that its linear part has the gain above.
+        self._i_axis = (float(i_in[0]), float(i_in[1] - i_in[0]), i_in.size)
+        self._i_scale = abs(s_dc) / gain
+        self._u_table = torch.as_tensor(-v_dc, **kw)
+        self.transitions = torch.as_tensor(transitions, **kw)
+        lsb = hw.adc.v_full_scale_v / 2 ** hw.adc.bits
+        self.lsb_v = lsb
+        ideal = (np.arange(1, 2 ** hw.adc.bits) - 0.5) * lsb
+        self._uniform_adc = (transitions.shape == ideal.shape
+                             and float(np.max(np.abs(transitions - ideal))) <= 1e-3 * lsb)
+        self.read_noise_s = hw.device.read_noise_sigma * (window[1] - window[0])
+
+    # -- shape ---------------------------------------------------------------------------
+    @property
+    def rows(self) -> int:
+        return self.hw.array.rows
+
+    @property
+    def cols(self) -> int:
+        return self.hw.array.cols
+
+    @property
+    def input_levels(self) -> int:
+        return 2 ** self.hw.drive.input_bits
+
+    def to(self, device: torch.device | str) -> "TileSurrogate":
+        """Move the constant tensors to ``device`` (in place); returns self."""
+        self.device = torch.device(device)
+        for name in ("lut", "lut_noise", "plane_a", "planes", "_u_table", "transitions"):
+            setattr(self, name, getattr(self, name).to(self.device))
+        return self
+
+    # -- programming -------------------------------------------------------------------------
+    def prepare(self, g: torch.Tensor) -> PreparedTiles:
+        """Tiles of conductances ``g`` (..., N, M) in S -> what a read needs (module docstring)."""
+        g = torch.as_tensor(g, dtype=self.dtype, device=self.device)
+        if g.shape[-2:] != (self.rows, self.cols):
+            raise ConfigError(f"conductances of shape {tuple(g.shape)}: the tile is "
+                              f"{self.rows} x {self.cols} (..., rows, cols)")
+        if not bool(torch.all(torch.isfinite(g))) or bool(torch.any(g < 0)):
+            raise ConfigError("conductances must be finite and non-negative (S)")
+        v_read = self.hw.drive.v_read_v
+        w = effective_conductance(g, self.coefficients, iterations=self.iterations,
+                                  method=self.method)
+        colsum = w.sum(-2)                                            # (..., M)
+        gain = self.tia_gain_ohm
+        peak = gain * (v_read * colsum + abs(self.v_offset_v) * colsum)
+        linear = torch.all(peak <= self.linear_limit_v, dim=-1)      # (...,)
+        total_a = float(self.plane_weights.sum())
+        offset = (-gain * self.v_offset_v * total_a * colsum
+                  + self.u0_v * total_a + self.d_offset_v)
+        return PreparedTiles(g=g, w=w, w_scaled=(gain * v_read) * w, offset_v=offset,
+                             linear=linear)
+
+    # -- reading ---------------------------------------------------------------------------
+    def check_inputs(self, x: torch.Tensor) -> None:
+        """ConfigError unless ``x`` holds whole numbers in [0, 2^input_bits - 1]."""
+        top = self.input_levels - 1
+        if x.numel() and (bool(torch.any(x < 0)) or bool(torch.any(x > top))
+                          or bool(torch.any(x != torch.round(x)))):
+            raise ConfigError(f"inputs must be whole numbers in [0, {top}] "
+                              f"({self.hw.drive.input_bits}-bit), got values in "
+                              f"[{float(x.min()):g}, {float(x.max()):g}]")
+
+    def analog(self, x: torch.Tensor, tiles: PreparedTiles, *,
+               generator: torch.Generator | None = None, read_noise: bool = True,
+               adc_noise: bool = True, check: bool = True) -> torch.Tensor:
+        """Accumulated front-end voltage ``D`` (..., B, M) for inputs ``x`` (..., B, N).
+
+        ``x`` holds whole numbers in [0, 2^bits - 1] (any float or integer dtype); its
+        leading dimensions broadcast against the tiles'. Noise is drawn only with a
+        ``generator``.
+        """
+        x = torch.as_tensor(x, device=self.device)
+        if check:
+            self.check_inputs(x)
+        idx = x.to(torch.long)
+        if tiles.all_linear:
+            d = torch.matmul(self.lut[idx], tiles.w_scaled) + tiles.offset_v[..., None, :]
+        else:
+            d = self._exact_planes(idx, tiles)
+        if generator is not None:
+            sigma2 = torch.zeros((), dtype=self.dtype, device=self.device)
+            if read_noise and self.read_noise_s > 0:
+                scale = self.tia_gain_ohm * self.hw.drive.v_read_v * self.read_noise_s
+                sigma2 = scale ** 2 * self.lut_noise[idx].sum(-1, keepdim=True)
+            if adc_noise and self.adc_noise_v > 0:
+                sigma2 = sigma2 + self.adc_noise_v ** 2
+            if bool(torch.any(sigma2 > 0)):
+                noise = torch.randn(d.shape, generator=generator, dtype=d.dtype,
+                                    device=d.device)
+                d = d + torch.sqrt(sigma2) * noise
+        return d
+
+    def _exact_planes(self, idx: torch.Tensor, tiles: PreparedTiles) -> torch.Tensor:
+        """The eight planes one by one through the TIA's DC transfer (tiles that saturate)."""
+        v_read = self.hw.drive.v_read_v
+        planes = self.planes[idx]                                    # (..., B, N, bits)
+        v = v_read * torch.swapaxes(planes, -1, -2) - self.v_offset_v  # (..., B, bits, N)
+        w = tiles.w[..., None, :, :] if v.ndim == tiles.w.ndim + 1 else tiles.w
+        cur = torch.matmul(v, w)                                     # (..., B, bits, M)
+        i0, di, n = self._i_axis
+        pos = torch.clamp((cur * self._i_scale - i0) / di, 0.0, n - 1.0)
+        lo = torch.clamp(torch.floor(pos), max=n - 2).to(torch.long)
+        frac = pos - lo
+        u = self._u_table[lo] * (1 - frac) + self._u_table[lo + 1] * frac
+        return torch.einsum("...km,k->...m", u, self.plane_a) + self.d_offset_v
+
+    def quantize(self, d: torch.Tensor) -> torch.Tensor:
+        """ADC codes (int64) of accumulated voltages ``d``: the number of measured transition
+        levels at or below ``d`` (closed form when they are the ideal uniform ones)."""
+        top = 2 ** self.hw.adc.bits - 1
+        if self._uniform_adc:
+            return torch.clamp(torch.floor(d / self.lsb_v + 0.5), 0, top).to(torch.long)
+        return torch.searchsorted(self.transitions, d.contiguous(), right=True)
+
+    def read(self, x: torch.Tensor, tiles: PreparedTiles, *,
+             generator: torch.Generator | None = None, read_noise: bool = True,
+             adc_noise: bool = True, check: bool = True) -> TileRead:
+        """One bit-serial read: accumulated voltages and codes (see :meth:`analog`)."""
+        d = self.analog(x, tiles, generator=generator, read_noise=read_noise,
+                        adc_noise=adc_noise, check=check)
+        return TileRead(analog_v=d, codes=self.quantize(d))
+
+    def ideal_analog(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """The ideal linear crossbar's ``D = R_f v_read (x @ g) / 2^bits`` (no wires, perfect
+        TIA and front-end): what the validation compares the surrogate's accuracy with."""
+        x = torch.as_tensor(x, dtype=self.dtype, device=self.device)
+        g = torch.as_tensor(g, dtype=self.dtype, device=self.device)
+        hw = self.hw
+        return (hw.tia.r_feedback_ohm * hw.drive.v_read_v / 2 ** hw.drive.input_bits
+                * torch.matmul(x, g))
