@@ -65,6 +65,7 @@ __all__ = [
     "FileLock",
     "PartialResults",
     "Table",
+    "atomic_write",
     "content_hash",
     "default_cache_dir",
     "open_table",
@@ -306,7 +307,7 @@ def _temp_path(target: Path) -> Path:
     return Path(name)
 
 
-def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     """Have ``write`` fill a temporary file beside ``target``, fsync it, rename it over
     ``target`` and fsync the folder; on any failure the temporary file is removed and
     ``target`` is left as it was."""
@@ -380,7 +381,7 @@ class PartialResults:
             if found is not None:
                 self.clear()
         self.directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(key_file, lambda tmp: tmp.write_text(
+        atomic_write(key_file, lambda tmp: tmp.write_text(
             json.dumps(stamp, sort_keys=True) + "\n", encoding="utf-8"))
 
     def _surface_dir(self, surface: str) -> Path:
@@ -430,7 +431,7 @@ class PartialResults:
             with open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)
 
-        _atomic_write(target, write)
+        atomic_write(target, write)
 
     def load(self, surface: str, index: int, point: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The stored result of job ``index`` of ``surface``.
@@ -653,7 +654,7 @@ def write_table(path: Path | str, *, surfaces: Mapping[str, SurfaceData],
             f.flush()
             f.attrs[_COMPLETE_ATTR] = True  # last: only a whole file carries it
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 @dataclass(frozen=True)

@@ -355,13 +355,16 @@ class TileSurrogate:
         u = self._u_table[lo] * (1 - frac) + self._u_table[lo + 1] * frac
         return torch.einsum("...km,k->...m", u, self.plane_a) + self.d_offset_v
 
-    def quantize(self, d: torch.Tensor) -> torch.Tensor:
-        """ADC codes (int64) of accumulated voltages ``d``: the number of measured transition
-        levels at or below ``d`` (closed form when they are the ideal uniform ones)."""
+    def quantize(self, d: torch.Tensor, *, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+        """ADC codes of accumulated voltages ``d``: the number of measured transition levels
+        at or below ``d`` (closed form when they are the ideal uniform ones), as ``dtype``
+        (int64 by default; a float dtype saves the conversion for digital post-processing)."""
         top = 2 ** self.hw.adc.bits - 1
         if self._uniform_adc:
-            return torch.clamp(torch.floor(d / self.lsb_v + 0.5), 0, top).to(torch.long)
-        return torch.searchsorted(self.transitions, d.contiguous(), right=True)
+            codes = torch.clamp(torch.floor(d / self.lsb_v + 0.5), 0, top)
+        else:
+            codes = torch.searchsorted(self.transitions, d.contiguous(), right=True)
+        return codes.to(dtype)
 
     def read(self, x: torch.Tensor, tiles: PreparedTiles, *,
              generator: torch.Generator | None = None, read_noise: bool = True,

@@ -235,7 +235,7 @@ def plot_validation(result: ValidationResult, path: Path | str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from calibration.store import _atomic_write
+    from calibration.store import atomic_write
 
     path = Path(path)
     lsb = result.lsb_v
@@ -254,6 +254,6 @@ def plot_validation(result: ValidationResult, path: Path | str) -> Path:
             title=f"{len(result.cases)} cases, {result.spice_v.shape[1]} columns each")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path
