@@ -1,0 +1,374 @@
+"""Analog layers, the mixed-precision optimizer and the training/evaluation runs.
+
+Everything runs on the ``tiny`` calibration (8x8 tiles), so that layers spread over many
+tiles and the tile bookkeeping is exercised; data are small synthetic MNIST-format files
+written here (never downloaded).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from calibration.store import open_table
+from netlists.errors import ConfigError
+from training.analog import (AnalogChip, AnalogConv2d, AnalogLinear, analog_layers,
+                             from_digital)
+from training.models import build_model
+from training.optim import MixedPrecisionOptimizer
+from training.trainer import TrainConfig, TrainingError, evaluate, load_checkpoint, train
+
+pytestmark = [pytest.mark.spice, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def table(tiny_calibration):
+    return open_table(tiny_calibration)
+
+
+def _chip(table, **kw) -> AnalogChip:
+    kw.setdefault("read_noise", False)
+    return AnalogChip(table, seed=kw.pop("seed", 3), **kw)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    code = 0x08
+    header = struct.pack(">BBBB", 0, 0, code, array.ndim) + b"".join(
+        struct.pack(">I", n) for n in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    """A small MNIST-format folder: two classes that differ in where the ink is."""
+    folder = tmp_path_factory.mktemp("digits")
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", 192), ("t10k", 64)):
+        labels = rng.integers(0, 2, size=count)
+        images = rng.integers(0, 60, size=(count, 28, 28))
+        for k, lab in enumerate(labels):
+            rows = slice(4, 14) if lab == 0 else slice(14, 24)
+            images[k, rows, 6:22] += 180
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte", np.clip(images, 0, 255))
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+    return folder
+
+
+# -- mapping and the analog forward --------------------------------------------------------
+def test_weights_map_onto_tile_pairs_and_back(table):
+    chip = _chip(table)
+    w = torch.randn(11, 19) * 0.3
+    layer = AnalogLinear(19, 11, chip=chip, weight=w).tiles
+    assert layer.grid == (3, 3)                           # 19 rows over 8, 11 outputs over 4
+    q = layer.quantize(w)
+    step = float(layer.w_max) / (chip.levels - 1)
+    assert torch.allclose(q / step, torch.round(q / step), atol=1e-4)
+    assert torch.equal(layer._from_tiles(layer._to_tiles(q)), q)
+    levels = layer.target_levels(q)
+    pos, neg = layer._from_tiles(levels[..., 0::2].float()), layer._from_tiles(
+        levels[..., 1::2].float())
+    assert torch.all((pos == 0) | (neg == 0))             # one device of a pair at the floor
+    assert torch.allclose((pos - neg) * step, q, atol=1e-5)
+    assert torch.equal(layer.weight.detach(), q)          # the weights are what was written
+
+
+def test_analog_linear_follows_the_digital_product(table):
+    chip = _chip(table)
+    torch.manual_seed(0)
+    ref = nn.Linear(30, 6, bias=True)
+    layer = AnalogLinear.from_linear(ref, chip)
+    w = layer.tiles.weight.detach()
+    tiles = layer.tiles
+    for passes, x in ((1, torch.rand(64, 30)), (2, torch.randn(64, 30))):  # signed: 2 reads
+        y = layer(x).detach()
+        exact = x @ w.T + ref.bias.detach()
+        # One ADC code of a pair's difference, in output units, for each input vector: each
+        # tile's partial sum is within about a code (rounding of both codes, IR drop and the
+        # front-end's gain on an 8x8 tile are far below), summed over the tile rows.
+        scale = x.abs().amax(dim=1, keepdim=True)
+        code = chip.code_to_dot * float(tiles.w_max) * scale
+        bound = tiles.grid[0] * passes * 1.0 * code
+        assert torch.all((y - exact).abs() <= bound), float(((y - exact).abs() / code).max())
+        assert torch.corrcoef(torch.stack([y.ravel(), exact.ravel()]))[0, 1] > 0.98
+
+
+def test_straight_through_gradients(table):
+    chip = _chip(table)
+    layer = AnalogLinear(12, 5, chip=chip)
+    x = torch.rand(7, 12, requires_grad=True)
+    c = torch.randn(7, 5)
+    (layer(x) * c).sum().backward()
+    w = layer.tiles.weight.detach()
+    assert torch.allclose(layer.tiles.weight.grad, c.T @ x.detach(), atol=1e-5)
+    assert torch.allclose(x.grad, c @ w, atol=1e-5)
+    assert layer.tiles.tile_scale.grad is not None and layer.bias.grad is not None
+
+
+def test_from_digital_converts_lenet_and_keeps_its_function(table):
+    chip = _chip(table)
+    torch.manual_seed(1)
+    model = build_model("lenet")
+    x = torch.rand(16, 1, 28, 28)
+    digital = model(x).detach()
+    from_digital(model, chip)
+    kinds = {type(m) for m in model.modules()}
+    assert AnalogConv2d in kinds and AnalogLinear in kinds
+    assert not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    assert [name for name, _ in analog_layers(model)] == [
+        "features.0.tiles", "features.3.tiles", "classifier.1.tiles"]
+    analog = model(x).detach()
+    assert analog.shape == digital.shape
+    assert torch.corrcoef(torch.stack([analog.ravel(), digital.ravel()]))[0, 1] > 0.95
+    assert all(int(layer.write_count.sum()) == 0 for _, layer in analog_layers(model))
+
+
+def test_reads_are_seeded(table):
+    outs = []
+    for seed in (5, 5, 6):
+        chip = _chip(table, seed=seed, read_noise=True)
+        torch.manual_seed(0)
+        layer = AnalogLinear(16, 4, chip=chip)
+        outs.append(layer(torch.rand(8, 16, generator=torch.Generator().manual_seed(1))))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+
+
+# -- the optimizer ---------------------------------------------------------------------------
+def _layer_and_opt(table, mode: str, lr: float, **kw):
+    chip = _chip(table)
+    torch.manual_seed(2)
+    model = nn.Sequential(AnalogLinear(16, 6, chip=chip))
+    opt = MixedPrecisionOptimizer(model, torch.optim.SGD(model.parameters(), lr=lr),
+                                  mode=mode, **kw)
+    return model, opt, model[0].tiles
+
+
+def _step(model, opt, seed=0):
+    x = torch.rand(8, 16, generator=torch.Generator().manual_seed(seed))
+    opt.zero_grad()
+    model(x).pow(2).sum().backward()
+    opt.step()
+
+
+def test_mixed_writes_nothing_below_the_threshold(table):
+    model, opt, tiles = _layer_and_opt(table, "mixed", lr=1e-7)
+    before = tiles.weight.detach().clone()
+    state = tiles.state.clone()
+    _step(model, opt)
+    assert opt.step_writes == 0 and int(tiles.write_count.sum()) == 0
+    assert torch.equal(tiles.weight.detach(), before) and torch.equal(tiles.state, state)
+    acc = opt.accumulators["0.tiles"]
+    assert float(acc.abs().max()) > 0                    # the update waits in the accumulator
+
+
+def test_mixed_writes_where_the_accumulator_crosses_and_clears_it(table):
+    model, opt, tiles = _layer_and_opt(table, "mixed", lr=0.05)
+    old = tiles.weight.detach().clone()
+    _step(model, opt)
+    acc = opt.accumulators["0.tiles"]
+    written = tiles.weight.detach() != old
+    assert opt.step_writes > 0 and bool(written.any())
+    assert float(acc[written].abs().max()) == 0.0        # cleared where written
+    thr = opt.threshold * 2 * float(tiles.w_max)
+    assert float(acc.abs().max()) < thr                  # nothing due is left pending
+    devices = tiles.weight_device_writes()
+    assert int(devices.sum()) == opt.step_writes == int(tiles.write_count.sum())
+    assert int(tiles.pulse_count.sum()) == opt.step_pulses > 0
+    assert torch.all(devices[~written] == 0)
+
+
+def test_naive_rewrites_every_device_every_step_and_loses_small_updates(table):
+    model, opt, tiles = _layer_and_opt(table, "naive", lr=1e-6)
+    old = tiles.weight.detach().clone()
+    _step(model, opt)
+    _step(model, opt, seed=1)
+    assert opt.step_writes == 2 * tiles.weight.numel()
+    assert torch.all(tiles.weight_device_writes() == 2)
+    assert torch.equal(tiles.weight.detach(), old)       # sub-level updates are lost
+
+
+def test_digital_parameters_are_updated_directly(table):
+    model, opt, tiles = _layer_and_opt(table, "mixed", lr=1e-3)
+    bias = model[0].bias.detach().clone()
+    scale = tiles.tile_scale.detach().clone()
+    _step(model, opt)
+    assert not torch.equal(model[0].bias.detach(), bias)
+    assert not torch.equal(tiles.tile_scale.detach(), scale)
+
+
+def test_bad_optimizer_settings(table):
+    model, _, _ = _layer_and_opt(table, "mixed", lr=1e-3)
+    sgd = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with pytest.raises(ConfigError, match="mode"):
+        MixedPrecisionOptimizer(model, sgd, mode="sometimes")
+    with pytest.raises(ConfigError, match="threshold"):
+        MixedPrecisionOptimizer(model, sgd, threshold=0.0)
+    plain = nn.Linear(3, 2)
+    with pytest.raises(ConfigError, match="no analog layers"):
+        MixedPrecisionOptimizer(plain, torch.optim.SGD(plain.parameters(), lr=1e-3))
+
+
+# -- runs ------------------------------------------------------------------------------------
+def _cfg(digits: Path, **kw) -> TrainConfig:
+    base = dict(model="lenet", dataset=f"mnist:{digits}", epochs=1, batch_size=32, lr=3e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_train_resume_is_bit_for_bit_an_uninterrupted_run(table, digits, tmp_path):
+    whole = train(_cfg(digits, epochs=2), out=tmp_path / "whole", table=table)
+    train(_cfg(digits, epochs=1), out=tmp_path / "split", table=table)
+    split = train(_cfg(digits, epochs=2), out=tmp_path / "split", table=table, resume=True)
+    a = load_checkpoint(whole.checkpoint)["model"]
+    b = load_checkpoint(split.checkpoint)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert whole.test_accuracy == split.test_accuracy
+    assert whole.writes["device_writes"] == split.writes["device_writes"] > 0
+    s = whole.summary()
+    for key in ("test_accuracy", "epochs", "seconds_per_epoch", "device_writes",
+                "write_pulses", "writes_per_device_mean", "writes_per_device_max",
+                "checkpoint"):
+        assert key in s
+    assert s["epochs"] == 2 and s["test_accuracy"] > 0.8   # two easy classes
+
+
+def test_a_run_never_overwrites_or_mixes_checkpoints(table, digits, tmp_path):
+    res = train(_cfg(digits, mode="float"), out=tmp_path, table=None)
+    before = res.checkpoint.read_bytes()
+    with pytest.raises(TrainingError, match="--resume"):
+        train(_cfg(digits, mode="float"), out=tmp_path)
+    with pytest.raises(TrainingError, match="another configuration"):
+        train(_cfg(digits, mode="float", lr=0.5, epochs=2), out=tmp_path, resume=True)
+    again = train(_cfg(digits, mode="float"), out=tmp_path, resume=True)   # finished: reported
+    assert again.test_accuracy == res.test_accuracy and again.history == res.history
+    train(_cfg(digits, mode="float", epochs=2), out=tmp_path / "two")
+    with pytest.raises(TrainingError, match="already holds 2 epochs"):
+        train(_cfg(digits, mode="float"), out=tmp_path / "two", resume=True)
+    assert res.checkpoint.read_bytes() == before
+
+
+def test_a_non_finite_loss_stops_the_run_cleanly(table, digits, tmp_path, monkeypatch):
+    train(_cfg(digits, mode="float"), out=tmp_path)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    import training.trainer as trainer
+
+    monkeypatch.setattr(trainer.F, "cross_entropy",
+                        lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(TrainingError, match="lower --lr"):
+        train(_cfg(digits, mode="float", epochs=2), out=tmp_path, resume=True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_evaluate_on_the_training_chip_and_on_a_fresh_one(table, digits, tmp_path):
+    res = train(_cfg(digits, epochs=2), out=tmp_path / "mixed", table=table)
+    same = evaluate(res.checkpoint, f"mnist:{digits}", table=table)
+    assert same["test_accuracy"] == pytest.approx(res.test_accuracy, abs=0.05)
+    fresh = evaluate(res.checkpoint, f"mnist:{digits}", table=table, fresh_chip=9)
+    assert 0.0 <= fresh["test_accuracy"] <= 1.0 and fresh["fresh_chip"] == 9
+    flt = train(_cfg(digits, mode="float"), out=tmp_path / "float")
+    with pytest.raises(ConfigError, match="calibration table"):
+        evaluate(flt.checkpoint, f"mnist:{digits}", fresh_chip=1)
+    mapped = evaluate(flt.checkpoint, f"mnist:{digits}", table=table, fresh_chip=1)
+    assert 0.0 <= mapped["test_accuracy"] <= 1.0
+
+
+def test_evaluate_refuses_what_it_cannot_use(table, digits, tmp_path):
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        evaluate(tmp_path / "missing.pt", f"mnist:{digits}")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="not a readable checkpoint"):
+        evaluate(bad, f"mnist:{digits}")
+    res = train(_cfg(digits, mode="float"), out=tmp_path / "f")
+    cifar = tmp_path / "cifar"
+    cifar.mkdir()
+    import pickle
+
+    data = np.zeros((4, 3072), dtype=np.uint8)
+    (cifar / "test_batch").write_bytes(pickle.dumps({b"data": data, b"labels": [0, 1, 2, 3]}))
+    with pytest.raises(ConfigError, match="checkpoint was trained on"):
+        evaluate(res.checkpoint, f"cifar10:{cifar}")
+
+
+def test_bad_run_settings_are_refused():
+    with pytest.raises(ConfigError, match="unknown model"):
+        TrainConfig(model="alexnet")
+    with pytest.raises(ConfigError, match="unknown mode"):
+        TrainConfig(mode="analog")
+    with pytest.raises(ConfigError, match="lr"):
+        TrainConfig(lr=float("nan"))
+    with pytest.raises(ConfigError, match="programming"):
+        TrainConfig(programming="magic")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "circuitsim.cli", *args], capture_output=True,
+                          text=True, timeout=500)
+
+
+def test_cli_train_and_evaluate_json_contract(tiny_calibration, digits, tmp_path):
+    out = tmp_path / "run"
+    res = _cli("train", "--table", str(tiny_calibration), "--dataset", f"mnist:{digits}",
+               "--epochs", "1", "--batch-size", "32", "--out", str(out), "--plot",
+               str(tmp_path / "plots"), "--json")
+    assert res.returncode == 0, res.stderr
+    payload = json.loads(res.stdout.strip().splitlines()[-1])
+    for key in ("test_accuracy", "epochs", "seconds_per_epoch", "device_writes",
+                "write_pulses", "writes_per_device_mean", "writes_per_device_max",
+                "checkpoint"):
+        assert key in payload
+    assert "epoch 1/1" in res.stderr                      # progress on stderr
+    assert (tmp_path / "plots" / "curves.png").is_file()
+    assert (tmp_path / "plots" / "writes.png").is_file()
+    ev = _cli("evaluate", "--checkpoint", payload["checkpoint"], "--dataset",
+              f"mnist:{digits}", "--fresh-chip", "4", "--json")
+    assert ev.returncode == 0, ev.stderr
+    assert 0.0 <= json.loads(ev.stdout.strip().splitlines()[-1])["test_accuracy"] <= 1.0
+    bad = _cli("train", "--table", str(tiny_calibration), "--model", "alexnet", "--json")
+    assert bad.returncode == 2 and "unknown model 'alexnet'" in bad.stderr
+    bad = _cli("train", "--table", str(tiny_calibration), "--dataset", f"mnist:{tmp_path}",
+               "--out", str(tmp_path / "x"), "--json")
+    assert bad.returncode == 2 and "t10k-images-idx3-ubyte" in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["vgg8", "resnet18"])
+def test_cifar_models_map_onto_chip_tiles_and_train(table, name):
+    """The full-size CIFAR-10 models on 64x64 tiles (the tiny calibration's circuit at the
+    chip's tile size), every device mapped, two mixed-precision steps on random data."""
+    chip = AnalogChip(table, seed=0, rows=64, cols=64, programming="statistical")
+    torch.manual_seed(0)
+    model = from_digital(build_model(name), chip)
+    layers = dict(analog_layers(model))
+    assert sum(int(np.prod(t.weight.shape)) for t in layers.values()) > 10_000_000
+    assert all(t.chip.rows == 64 for t in layers.values())
+    opt = MixedPrecisionOptimizer(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([3, 7])
+    writes = 0
+    for _ in range(2):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        assert torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+        writes += opt.step_writes
+    assert opt.write_summary()["device_writes"] == writes
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_training_step_on_cuda(table):
+    chip = AnalogChip(table, seed=0, device="cuda")
+    model = from_digital(build_model("lenet"), chip)
+    opt = MixedPrecisionOptimizer(model, torch.optim.AdamW(model.parameters(), lr=1e-2))
+    x, y = torch.rand(4, 1, 28, 28, device="cuda"), torch.tensor([1, 2, 3, 4], device="cuda")
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert next(model.parameters()).is_cuda

@@ -1,0 +1,535 @@
+"""Analog layers: weights held as conductance pairs on simulated 1T1R tiles.
+
+A simulated :class:`AnalogChip` is one calibration table made executable: the surrogate read
+path (``calibration.surrogate.TileSurrogate``: bit-serial inputs, IR drop, TIA, multi-cycle
+ADC front-end, ADC; read and ADC noise), the write path
+(``calibration.program_model.ProgrammingModel``: write-and-verify on the calibrated pulse
+response), one seeded random stream, and a device-to-device draw per device placed on it.
+
+Mapping a weight matrix ``w`` (out x in) onto tiles of ``R`` rows x ``C`` columns
+------------------------------------------------------------------------------------
+Input ``i`` drives row ``i mod R`` of tile row ``i div R``; output ``o`` is the differential
+column pair ``(2p, 2p+1)``, ``p = o mod C/2``, of tile column ``o div (C/2)``:
+``w = w_max (g+ - g-) / (g_hi - g_lo)`` with the idle device of a pair at the floor ``g_lo``
+(the read window's bottom) and ``|w|`` spread over the 128 programmable levels of the
+window: weights take the values ``w_max k / 127``, ``k = -127..127``. Unused rows and
+columns of the last tiles hold devices at the floor and get no input. ``w_max`` is fixed
+per layer when it is mapped (the largest ``|w|`` of the digital weights, times
+``range_margin``).
+
+Forward (analog). Inputs are scaled per input vector to 8 bits (``q = round(255 |x| / s)``,
+``s = max |x|``, a digital scale); negative inputs take a second read with the negated
+part. Every tile reads its slice of ``q`` through the surrogate (all tiles and all vectors
+in one batched call) and returns ADC codes; each pair's two codes are subtracted, turned
+back into weight units with the nominal conversion (``lsb / (G v_read)``, the window and
+``w_max``), multiplied by the tile's trainable digital scale (initially 1) and added over
+the tile rows: the partial sums are digital.
+
+Backward (digital). Straight through: the gradient is that of ``x @ w_hp^T`` per tile, with
+``w_hp`` the high-precision weights (the layer's ``weight`` parameter), times the tile scale;
+the tile scale's gradient is the analog partial sum it multiplies.
+
+The devices themselves are only changed by :meth:`AnalogTiles.program`: write-and-verify of
+the selected devices towards the conductances of new targets, counting the writes and the
+pulses per device (``write_count``, ``pulse_count``); see ``training.optim`` for when it is
+called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calibration.program_model import Devices, ProgrammingModel
+from calibration.store import Table, open_table
+from calibration.surrogate import TileSurrogate
+from netlists.config import HardwareConfig
+from netlists.errors import ConfigError
+
+__all__ = ["AnalogChip", "AnalogTiles", "AnalogLinear", "AnalogConv2d", "from_digital",
+           "analog_layers", "WriteStats", "ProgramPlan", "program_plans",
+           "StatisticalProgramming", "PROGRAMMING"]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    state: torch.Tensor
+    pulses: torch.Tensor
+    success: torch.Tensor
+
+
+class StatisticalProgramming:
+    """Write outcomes drawn from the ``write_verify`` surface: ngspice's own runs of the
+    procedure (each of its targets programmed from the floor in several Monte Carlo cells).
+
+    A write towards ``g`` takes the surface's target nearest to ``g``, picks one of its cells
+    at random and reproduces that cell's outcome relative to its target: reached conductance
+    ``g + (g_reached - target)``, its pulse count and success. The device's state is then
+    set to the state whose read conductance that is. Much faster than running the procedure
+    (a few tensor operations for any number of devices, the mapping of a large model in
+    seconds); it leaves out the device's own device-to-device draws and its starting level
+    (every write is costed as one from the floor).
+    """
+
+    def __init__(self, table: Table, programmer: ProgrammingModel) -> None:
+        wv = table.surface("write_verify")
+        dev, dt = programmer.device, programmer.dtype
+        self.targets = torch.as_tensor(wv.axes["target"].data, device=dev, dtype=dt)
+        reached = torch.as_tensor(wv.datasets["g_reached"].data, device=dev, dtype=dt)
+        self.offsets = reached - self.targets[:, None]                       # (targets, cells)
+        self.pulses = torch.as_tensor(wv.datasets["pulses"].data, device=dev)
+        self.success = torch.as_tensor(wv.datasets["success"].data, device=dev).bool()
+        hw = programmer.hw
+        lo, hi = hw.device.n_min * 0.8, hw.device.n_max * 1.2
+        n = torch.linspace(lo, hi, 4097, device=dev, dtype=dt)
+        self._n = n
+        self._g = programmer.read(n, Devices.nominal(n.shape, device=dev, dtype=dt))
+        self.programmer = programmer
+
+    def state_for(self, g: torch.Tensor) -> torch.Tensor:
+        """The state whose read conductance is ``g`` (inverse of the monotonic g(N))."""
+        i = torch.clamp(torch.searchsorted(self._g, g), 1, self._g.numel() - 1)
+        g0, g1 = self._g[i - 1], self._g[i]
+        frac = torch.clamp((g - g0) / (g1 - g0), 0.0, 1.0)
+        return self._n[i - 1] + frac * (self._n[i] - self._n[i - 1])
+
+    def program(self, targets: torch.Tensor, devices: Devices, *,
+                generator: torch.Generator) -> _Outcome:
+        k = torch.argmin((targets[:, None] - self.targets[None, :]).abs(), dim=1)
+        cell = torch.randint(0, self.offsets.shape[1], targets.shape, generator=generator,
+                             device=targets.device)
+        g = targets + self.offsets[k, cell]
+        n = self.state_for(g)
+        d = self.programmer.hw.device
+        n = torch.minimum(torch.maximum(n, d.n_min * devices.wd), d.n_max * devices.wd)
+        return _Outcome(state=n, pulses=self.pulses[k, cell], success=self.success[k, cell])
+
+
+PROGRAMMING = ("exact", "statistical")
+
+
+class AnalogChip:
+    """A simulated chip built from one calibration table (see the module docstring).
+
+    ``seed`` seeds the chip's random stream: device-to-device draws of the devices that
+    layers place on it, cycle-to-cycle draws of every programming pulse, read and ADC noise.
+    ``method``: how the surrogate computes a tile's effective conductances after each
+    programming (``"fast"``: the matrix iteration, within 0.05 LSB of ``"exact"`` on 64x64).
+    ``read_noise``: draw read and ADC noise in forward reads. ``programming``: ``"exact"``
+    runs the write-and-verify procedure on the calibrated pulse response for every write;
+    ``"statistical"`` draws each write's outcome from ngspice's own write-and-verify runs
+    (:class:`StatisticalProgramming`; for models with millions of devices). ``rows`` and
+    ``cols`` override the calibrated tile size (``TileSurrogate``).
+    """
+
+    def __init__(self, table: Table | str | Path, *, seed: int = 0,
+                 device: torch.device | str | None = None, method: str = "fast",
+                 read_noise: bool = True, programming: str = "exact",
+                 rows: int | None = None, cols: int | None = None) -> None:
+        if not isinstance(table, Table):
+            table = open_table(table)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seed = {seed!r} must be a whole number >= 0")
+        if programming not in PROGRAMMING:
+            raise ConfigError(f"programming = {programming!r} is not allowed: choose one of "
+                              f"{list(PROGRAMMING)}")
+        self.table = table
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.seed = seed
+        self.read_noise = read_noise
+        self.programming = programming
+        self.reader = TileSurrogate(table, device=self.device, method=method, rows=rows,
+                                    cols=cols)
+        self.programmer = ProgrammingModel.from_table(table, device=self.device)
+        self.statistical = StatisticalProgramming(table, self.programmer) \
+            if programming == "statistical" else None
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.hw: HardwareConfig = self.reader.hw
+        self.g_lo, self.g_hi = (float(v) for v in self.programmer.window_s)
+        self.levels = int(self.programmer.levels)
+        hw = self.hw
+        self.rows, self.cols = hw.array.rows, hw.array.cols
+        if self.cols % 2:
+            raise ConfigError(f"a tile needs an even number of columns for differential "
+                              f"pairs, got {self.cols}")
+        # ADC codes -> weight-domain units: D ~ G v_read (255/256) (q/255) @ (w dg / w_max).
+        levels_in = 2 ** hw.drive.input_bits
+        self.code_to_dot = (self.reader.lsb_v * levels_in
+                            / ((levels_in - 1) * self.reader.tia_gain_ohm * hw.drive.v_read_v
+                               * (self.g_hi - self.g_lo)))
+
+    @property
+    def pairs(self) -> int:
+        """Weights (differential pairs) per tile column."""
+        return self.cols // 2
+
+    def describe(self) -> dict[str, Any]:
+        return {"table": str(self.table.path), "content_hash": self.table.attrs.get(
+            "content_hash"), "rows": self.rows, "cols": self.cols, "seed": self.seed,
+            "levels": self.levels}
+
+
+@dataclass(frozen=True)
+class WriteStats:
+    """What one :meth:`AnalogTiles.program` call did."""
+
+    devices: int
+    pulses: int
+    failures: int
+
+
+class AnalogTiles(nn.Module):
+    """A weight matrix (out x in) mapped onto a grid of tiles of one chip (module docstring).
+
+    Parameters: ``weight`` (out, in), the high-precision digital copy (what the optimizer
+    updates and what the straight-through gradient uses); ``tile_scale`` (tile rows, tile
+    cols). Buffers (saved in checkpoints): the device states, their device-to-device draws,
+    the programmed targets, ``w_max``, per-device ``write_count`` and ``pulse_count``.
+    """
+
+    def __init__(self, weight: torch.Tensor, chip: AnalogChip, *, range_margin: float = 1.0,
+                 w_max: float | None = None) -> None:
+        super().__init__()
+        if weight.ndim != 2:
+            raise ConfigError(f"AnalogTiles maps a 2-D weight, got shape {tuple(weight.shape)}")
+        self.chip = chip
+        out_f, in_f = weight.shape
+        self.out_features, self.in_features = int(out_f), int(in_f)
+        self.grid = (math.ceil(in_f / chip.rows), math.ceil(out_f / chip.pairs))
+        shape = (*self.grid, chip.rows, chip.cols)
+        dev = chip.device
+        w = weight.detach().to(dev, torch.float32)
+        if w_max is None:
+            w_max = float(w.abs().max()) * range_margin
+        if not math.isfinite(w_max) or w_max <= 0:
+            w_max = 1.0
+        self.register_buffer("w_max", torch.tensor(float(w_max), device=dev))
+        self.weight = nn.Parameter(w.clone())
+        self.tile_scale = nn.Parameter(torch.ones(self.grid, device=dev))
+        devices = chip.programmer.draw_devices(shape, generator=chip.generator)
+        self.register_buffer("kd", devices.kd)
+        self.register_buffer("wd", devices.wd)
+        self.register_buffer("state", chip.programmer.floor_state(devices))
+        self.register_buffer("target_level", torch.zeros(shape, dtype=torch.int16, device=dev))
+        self.register_buffer("write_count", torch.zeros(shape, dtype=torch.int32, device=dev))
+        self.register_buffer("pulse_count", torch.zeros(shape, dtype=torch.int64, device=dev))
+        self._prepared = None
+        # A layer that fits in one tile row (column) reads only the rows (columns) it uses:
+        # rows without input carry no current and columns are independent once W is known,
+        # so slicing the read is exact.
+        self._rows_used = self.in_features if self.grid[0] == 1 else chip.rows
+        self._pairs_used = self.out_features if self.grid[1] == 1 else chip.pairs
+        self.program(w, count=False)
+
+    # -- mapping -------------------------------------------------------------------------
+    @property
+    def levels(self) -> int:
+        return self.chip.levels
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        """The nearest weights the tiles can hold: ``w_max k / (levels - 1)``, clipped."""
+        top = self.levels - 1
+        step = self.w_max / top
+        return torch.clamp(torch.round(w / step), -top, top) * step
+
+    def _to_tiles(self, m: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """(out, in) -> (tile rows, tile cols, R, pairs): transposed, padded, blocked."""
+        tr, tc = self.grid
+        r, p = self.chip.rows, self.chip.pairs
+        padded = m.new_full((tc * p, tr * r), fill)
+        padded[:self.out_features, :self.in_features] = m
+        return padded.reshape(tc, p, tr, r).permute(2, 0, 3, 1)
+
+    def _from_tiles(self, t: torch.Tensor) -> torch.Tensor:
+        """(tile rows, tile cols, R, pairs) -> (out, in)."""
+        tr, tc = self.grid
+        r, p = self.chip.rows, self.chip.pairs
+        full = t.permute(1, 3, 0, 2).reshape(tc * p, tr * r)
+        return full[:self.out_features, :self.in_features]
+
+    def target_levels(self, w: torch.Tensor) -> torch.Tensor:
+        """Per device (tile layout), the level index its conductance should take for ``w``."""
+        top = self.levels - 1
+        k = torch.clamp(torch.round(w / (self.w_max / top)), -top, top).to(torch.int16)
+        kt = self._to_tiles(k.to(torch.float32)).to(torch.int16)          # (tr, tc, R, P)
+        out = torch.zeros((*kt.shape[:3], self.chip.cols), dtype=torch.int16, device=k.device)
+        out[..., 0::2] = torch.clamp(kt, min=0)
+        out[..., 1::2] = torch.clamp(-kt, min=0)
+        return out
+
+    def weight_device_writes(self) -> torch.Tensor:
+        """Write counts of the two devices of every weight, (out, in, 2) (padding devices of
+        partly used tiles left out)."""
+        wc = self.write_count
+        return torch.stack([self._from_tiles(wc[..., 0::2]), self._from_tiles(wc[..., 1::2])],
+                           dim=-1)
+
+    def devices(self) -> Devices:
+        return Devices(kd=self.kd, wd=self.wd)
+
+    def conductances(self) -> torch.Tensor:
+        """The devices' actual read conductances (noise-free), S, tile layout."""
+        return self.chip.programmer.read(self.state, self.devices())
+
+    # -- programming ---------------------------------------------------------------------
+    def plan(self, w: torch.Tensor, *, pairs: torch.Tensor | None = None,
+             only_changed: bool = True) -> "ProgramPlan":
+        """What :meth:`program` would write for ``w`` (see there); sets ``weight`` at the
+        selected weights to their quantized values. Run plans with :func:`program_plans`."""
+        with torch.no_grad():
+            q = self.quantize(w.to(self.weight.device, torch.float32))
+            new_levels = self.target_levels(q)
+            sel_w = torch.ones_like(q, dtype=torch.bool) if pairs is None \
+                else pairs.to(q.device, torch.bool)
+            sel = self._to_tiles(sel_w.to(torch.float32)).bool().repeat_interleave(2, dim=-1)
+            if only_changed:
+                sel = sel & (new_levels != self.target_level)
+            self.weight.data = torch.where(sel_w, q, self.weight.data)
+            return ProgramPlan(self, sel, new_levels[sel])
+
+    def program(self, w: torch.Tensor, *, pairs: torch.Tensor | None = None,
+                count: bool = True, only_changed: bool = True) -> WriteStats:
+        """Write-and-verify the devices of the weights selected by ``pairs`` (out, in) bool
+        (default: all) towards the quantized ``w``; set ``weight`` there to the quantized
+        value. With ``only_changed`` a device whose target level is unchanged is left alone
+        (the idle device of a pair stays on its floor). Writes are counted with ``count``.
+        """
+        plan = self.plan(w, pairs=pairs, only_changed=only_changed)
+        return program_plans([plan], count=count)[0]
+
+    def reprogram_fresh(self, seed_chip: AnalogChip) -> None:
+        """Place this layer's weights on another chip: new device draws, all devices written
+        from their floor to the current targets (not counted as training writes)."""
+        with torch.no_grad():
+            self.chip = seed_chip
+            shape = self.state.shape
+            devices = seed_chip.programmer.draw_devices(shape, generator=seed_chip.generator)
+            self.kd.copy_(devices.kd)
+            self.wd.copy_(devices.wd)
+            self.state.copy_(seed_chip.programmer.floor_state(devices))
+            self.target_level.zero_()
+            self.program(self.weight.detach().clone(), count=False)
+
+    # -- reading -------------------------------------------------------------------------
+    def _tiles(self):
+        """The programmed tiles, prepared for reading (recomputed after each programming),
+        sliced to the rows and columns the layer uses."""
+        if self._prepared is None:
+            t = self.chip.reader.prepare(self.conductances())
+            r, c = self._rows_used, 2 * self._pairs_used
+            self._prepared = dataclasses.replace(
+                t, g=t.g[..., :r, :c], w=t.w[..., :r, :c], w_scaled=t.w_scaled[..., :r, :c],
+                offset_v=t.offset_v[..., :c])
+        return self._prepared
+
+    def _read_codes(self, q: torch.Tensor) -> torch.Tensor:
+        """Codes difference per pair, (tr, tc, B, pairs), for 8-bit inputs ``q`` (tr, B, R)."""
+        reader = self.chip.reader
+        gen = self.chip.generator if self.chip.read_noise else None
+        d = reader.analog(q[:, None], self._tiles(), generator=gen, check=False)
+        codes = reader.quantize(d, dtype=torch.float32)
+        return codes[..., 0::2] - codes[..., 1::2]
+
+    def _blocks(self, m: torch.Tensor) -> torch.Tensor:
+        """(B, in) -> (tile rows, B, rows used), zero-padded."""
+        tr, r = self.grid[0], self._rows_used
+        return F.pad(m, (0, tr * r - self.in_features)).reshape(m.shape[0], tr, r)
+
+    def analog_partials(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-tile partial outputs (tr, tc, B, pairs) of ``x`` (B, in), weight units."""
+        chip = self.chip
+        top = chip.reader.input_levels - 1
+        with torch.no_grad():
+            scale = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)          # (B, 1)
+            xp = self._blocks(x * (top / scale)).permute(1, 0, 2)              # (tr, B, R)
+            out = self._read_codes(torch.round(torch.clamp(xp, min=0)))
+            if bool(torch.any(xp < 0)):
+                out = out - self._read_codes(torch.round(torch.clamp(-xp, min=0)))
+            return out * (scale.reshape(1, 1, -1, 1)
+                          * (chip.code_to_dot * float(self.w_max)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, in) -> (B, out): analog forward, straight-through digital backward."""
+        if x.shape[-1] != self.in_features:
+            raise ConfigError(f"input has {x.shape[-1]} features; the layer takes "
+                              f"{self.in_features}")
+        tr, tc = self.grid
+        r, p = self._rows_used, self._pairs_used
+        analog = self.analog_partials(x.detach())                              # (tr,tc,B,P)
+        wb = F.pad(self.weight, (0, tr * r - self.in_features,
+                                 0, tc * p - self.out_features)).reshape(tc, p, tr, r)
+        digital = torch.einsum("btr,cptr->tcbp", self._blocks(x), wb)          # (tr,tc,B,P)
+        partial = digital + (analog - digital).detach()
+        y = torch.einsum("tcbp,tc->bcp", partial, self.tile_scale)
+        return y.reshape(x.shape[0], tc * p)[:, :self.out_features]
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, tiles={self.grid[0]}x"
+                f"{self.grid[1]} of {self.chip.rows}x{self.chip.cols}, "
+                f"w_max={float(self.w_max):.4g}")
+
+
+@dataclass(frozen=True)
+class ProgramPlan:
+    """Devices of one layer to write: ``select`` (tile layout) and their target levels."""
+
+    layer: AnalogTiles
+    select: torch.Tensor
+    levels: torch.Tensor
+
+
+def program_plans(plans: list[ProgramPlan], *, count: bool = True) -> list[WriteStats]:
+    """Write every plan's devices in ONE write-and-verify call per chip (the procedure's
+    pulse loop costs per step, not per device); count writes and pulses per device."""
+    stats = [WriteStats(0, 0, 0)] * len(plans)
+    by_chip: dict[int, list[int]] = {}
+    for i, plan in enumerate(plans):
+        if plan.levels.numel():
+            by_chip.setdefault(id(plan.layer.chip), []).append(i)
+    for idx in by_chip.values():
+        chip = plans[idx[0]].layer.chip
+        spacing = (chip.g_hi - chip.g_lo) / (chip.levels - 1)
+        parts = [plans[i] for i in idx]
+        targets = torch.cat([chip.g_lo + p.levels.to(torch.float32) * spacing for p in parts])
+        kd = torch.cat([p.layer.kd[p.select] for p in parts])
+        wd = torch.cat([p.layer.wd[p.select] for p in parts])
+        state = torch.cat([p.layer.state[p.select] for p in parts])
+        if chip.statistical is not None:
+            res = chip.statistical.program(targets, Devices(kd=kd, wd=wd),
+                                           generator=chip.generator)
+        else:
+            res = chip.programmer.program(targets, Devices(kd=kd, wd=wd), state=state,
+                                          generator=chip.generator, read_noise=False)
+        start = 0
+        for i, p in zip(idx, parts):
+            n = p.levels.numel()
+            part = slice(start, start + n)
+            start += n
+            layer = p.layer
+            layer.state[p.select] = res.state[part]
+            layer.target_level[p.select] = p.levels
+            pulses = res.pulses[part].to(torch.int64)
+            if count:
+                layer.write_count[p.select] += 1
+                layer.pulse_count[p.select] += pulses
+            layer._prepared = None
+            stats[i] = WriteStats(n, int(pulses.sum()), int((~res.success[part]).sum()))
+    return stats
+
+
+class AnalogLinear(nn.Module):
+    """``nn.Linear`` on analog tiles: ``AnalogLinear(in, out, bias=True, *, chip)``.
+
+    The bias is digital. :meth:`from_linear` converts a trained ``nn.Linear``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 chip: AnalogChip, weight: torch.Tensor | None = None,
+                 range_margin: float = 1.0) -> None:
+        super().__init__()
+        if weight is None:
+            ref = nn.Linear(in_features, out_features, bias=False)
+            weight = ref.weight.detach()
+        self.in_features, self.out_features = in_features, out_features
+        self.tiles = AnalogTiles(weight, chip, range_margin=range_margin)
+        self.bias = nn.Parameter(torch.zeros(out_features, device=chip.device)) if bias \
+            else None
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear, chip: AnalogChip, *,
+                    range_margin: float = 1.0) -> "AnalogLinear":
+        new = cls(layer.in_features, layer.out_features, layer.bias is not None, chip=chip,
+                  weight=layer.weight.detach(), range_margin=range_margin)
+        if layer.bias is not None:
+            new.bias.data.copy_(layer.bias.detach().to(chip.device))
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = self.tiles(x.reshape(-1, x.shape[-1]))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+
+class AnalogConv2d(nn.Module):
+    """``nn.Conv2d`` on analog tiles (convolution as unfolded patches, one VMM per patch):
+    ``AnalogConv2d(in_channels, out_channels, kernel_size, stride=1, padding=0,
+    dilation=1, groups=1, bias=True, *, chip)``. Only ``groups=1`` maps onto tiles."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any,
+                 stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
+                 bias: bool = True, *, chip: AnalogChip, weight: torch.Tensor | None = None,
+                 range_margin: float = 1.0) -> None:
+        super().__init__()
+        if groups != 1:
+            raise ConfigError("AnalogConv2d maps only groups=1 convolutions onto tiles")
+        ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                        bias=False)
+        if weight is None:
+            weight = ref.weight.detach()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = ref.kernel_size, ref.stride
+        self.padding, self.dilation = ref.padding, ref.dilation
+        if isinstance(self.padding, str):
+            raise ConfigError("AnalogConv2d needs numeric padding")
+        self.tiles = AnalogTiles(weight.reshape(out_channels, -1), chip,
+                                 range_margin=range_margin)
+        self.bias = nn.Parameter(torch.zeros(out_channels, device=chip.device)) if bias \
+            else None
+
+    @classmethod
+    def from_conv(cls, layer: nn.Conv2d, chip: AnalogChip, *,
+                  range_margin: float = 1.0) -> "AnalogConv2d":
+        new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                  layer.padding, layer.dilation, layer.groups, layer.bias is not None,
+                  chip=chip, weight=layer.weight.detach(), range_margin=range_margin)
+        if layer.bias is not None:
+            new.bias.data.copy_(layer.bias.detach().to(chip.device))
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        kh, kw = self.kernel_size
+        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding,
+                        stride=self.stride)                                   # (B, CKK, L)
+        patches = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        y = self.tiles(patches).reshape(b, oh * ow, self.out_channels).transpose(1, 2)
+        y = y.reshape(b, self.out_channels, oh, ow)
+        if self.bias is not None:
+            y = y + self.bias[:, None, None]
+        return y
+
+
+def from_digital(model: nn.Module, chip: AnalogChip, *, range_margin: float = 1.0
+                 ) -> nn.Module:
+    """Replace every ``nn.Linear`` and ``nn.Conv2d`` (groups=1) of ``model`` by its analog
+    counterpart on ``chip``, in place, with the trained weights programmed onto the tiles;
+    returns the model (moved to the chip's device). Other layers stay digital."""
+    model.to(chip.device)
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(model, name, AnalogLinear.from_linear(child, chip,
+                                                          range_margin=range_margin))
+        elif isinstance(child, nn.Conv2d) and child.groups == 1:
+            setattr(model, name, AnalogConv2d.from_conv(child, chip,
+                                                        range_margin=range_margin))
+        else:
+            from_digital(child, chip, range_margin=range_margin)
+    return model
+
+
+def analog_layers(model: nn.Module) -> Iterator[tuple[str, AnalogTiles]]:
+    """``(name, tiles)`` of every analog weight matrix in ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, AnalogTiles):
+            yield name, module

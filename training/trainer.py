@@ -1,0 +1,437 @@
+"""Training and evaluation runs: what ``circuitsim train`` and ``circuitsim evaluate`` do.
+
+A run trains one model on one dataset in one mode:
+
+``float``   plain torch in FP32 (the software reference);
+``mixed``   analog forward through surrogate tiles, digital backward, device writes only
+            where the accumulated update passes the threshold (``training.optim``);
+``naive``   the same analog forward, every device rewritten to its quantized target every
+            step (no accumulation).
+
+The analog modes build a chip (``training.analog.AnalogChip``) from a calibration table,
+map the freshly initialized model onto it (every device written once from its floor; not
+counted as a training write) and train. After every epoch the run is checkpointed
+atomically (``checkpoint.pt`` in the output folder: the configuration, the model's
+parameters and buffers, i.e. the high-precision weights, the devices' states and their
+device-to-device draws, the per-device write and pulse counters, the optimizer's state with
+the accumulators, every random stream, and the history), so an interrupted run resumes
+with ``resume=True`` where it stopped, bit for bit (resuming a finished run reports it
+without training). A non-finite loss stops the run with an error and leaves the last
+checkpoint as it was.
+
+Evaluation reads the test split through the same analog path (with read and ADC noise) on
+the chip the model was trained on, or, with ``fresh_chip``, on a new simulated chip: new
+device-to-device draws, every device written from its floor to the trained weights
+(programming error included), no retraining. A ``float`` model is mapped onto a chip the
+same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calibration.store import Table, atomic_write, open_table
+from netlists.errors import CircuitSimError, ConfigError
+from training.analog import PROGRAMMING, AnalogChip, analog_layers, from_digital
+from training.data import Dataset, batches, load_dataset
+from training.models import MODEL_NAMES, build_model
+from training.optim import MODES, MixedPrecisionOptimizer
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "train", "evaluate",
+           "load_checkpoint", "TRAIN_MODES", "OPTIMIZERS", "CHECKPOINT_NAME"]
+
+TRAIN_MODES = ("float",) + MODES
+OPTIMIZERS = ("sgd", "adam", "adamw")
+CHECKPOINT_NAME = "checkpoint.pt"
+_CHECKPOINT_FORMAT = 1
+
+
+class TrainingError(CircuitSimError):
+    """A run that cannot go on (non-finite loss, unusable checkpoint)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run (saved in its checkpoint)."""
+
+    model: str = "lenet"
+    dataset: str = "mnist5k"
+    mode: str = "mixed"
+    epochs: int = 5
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    threshold: float = 1.0 / 15.0
+    seed: int = 0
+    chip_seed: int = 0
+    range_margin: float = 1.5
+    read_noise: bool = True
+    programming: str = "exact"
+    test_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise ConfigError(f"unknown model {self.model!r}: choose one of {list(MODEL_NAMES)}")
+        if self.mode not in TRAIN_MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}: choose one of {list(TRAIN_MODES)}")
+        if self.programming not in PROGRAMMING:
+            raise ConfigError(f"unknown programming {self.programming!r}: choose one of "
+                              f"{list(PROGRAMMING)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}: choose one of "
+                              f"{list(OPTIMIZERS)}")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} = {value!r} must be a whole number >= 1")
+        for name in ("seed", "chip_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} = {value!r} must be a whole number >= 0")
+        for name, lo, hi in (("lr", 0.0, 10.0), ("weight_decay", -1e-12, 1.0),
+                             ("threshold", 0.0, 1.0), ("range_margin", 0.0, 100.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or not lo < value <= hi:
+                raise ConfigError(f"{name} = {value!r} is out of range: allowed ({lo:g}, "
+                                  f"{hi:g}]")
+
+    @property
+    def analog(self) -> bool:
+        return self.mode != "float"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """The run's outcome; :meth:`summary` is the ``--json`` contract."""
+
+    config: TrainConfig
+    test_accuracy: float
+    epochs: int
+    seconds_per_epoch: float
+    writes: dict[str, Any]
+    checkpoint: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    #: per analog layer, the write count of every device that holds a weight
+    device_writes: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "test_accuracy": self.test_accuracy,
+            "epochs": self.epochs,
+            "seconds_per_epoch": self.seconds_per_epoch,
+            "device_writes": self.writes.get("device_writes", 0),
+            "write_pulses": self.writes.get("write_pulses", 0),
+            "writes_per_device_mean": self.writes.get("writes_per_device_mean", 0.0),
+            "writes_per_device_max": self.writes.get("writes_per_device_max", 0),
+            "checkpoint": str(self.checkpoint),
+            "mode": self.config.mode,
+            "model": self.config.model,
+            "dataset": self.config.dataset,
+            "history": self.history,
+            "writes_per_layer": self.writes.get("layers", {}),
+        }
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device {name!r} is not a torch device ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device")
+    return device
+
+
+def _make_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _progress(stream: TextIO, label: str) -> Callable[[int, int, float], None]:
+    tty = getattr(stream, "isatty", lambda: False)()
+    last = [-1]
+
+    def show(done: int, total: int, loss: float) -> None:
+        if tty:
+            width = 30
+            filled = int(width * done / max(total, 1))
+            stream.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+                         f"loss {loss:.4f}")
+            if done == total:
+                stream.write("\n")
+        else:
+            decile = 4 * done // max(total, 1)
+            if decile != last[0]:
+                last[0] = decile
+                stream.write(f"{label}: {done}/{total} batches, loss {loss:.4f}\n")
+        stream.flush()
+
+    return show
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split: Any, *, batch_size: int = 256,
+             device: torch.device | None = None) -> float:
+    """Fraction of ``split`` classified correctly (model in eval mode)."""
+    was = model.training
+    model.eval()
+    correct = 0
+    for x, y in batches(split, batch_size, shuffle=False, generator=None):
+        if device is not None:
+            x, y = x.to(device), y.to(device)
+        correct += int((model(x).argmax(1) == y).sum())
+    model.train(was)
+    return correct / len(split)
+
+
+def _build(cfg: TrainConfig, data: Dataset, device: torch.device, table: Table | None
+           ) -> tuple[nn.Module, AnalogChip | None]:
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes=data.num_classes, input_shape=data.input_shape)
+    model.to(device)
+    chip = None
+    if cfg.analog:
+        if table is None:
+            raise ConfigError(f"mode {cfg.mode!r} needs a calibration table")
+        chip = AnalogChip(table, seed=cfg.chip_seed, device=device, read_noise=cfg.read_noise,
+                          programming=cfg.programming)
+        from_digital(model, chip, range_margin=cfg.range_margin)
+    return model, chip
+
+
+def _rng_state(chip: AnalogChip | None, shuffle: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+    if chip is not None:
+        state["chip"] = chip.generator.get_state()
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], chip: AnalogChip | None,
+                   shuffle: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    if chip is not None and "chip" in state:
+        chip.generator.set_state(state["chip"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`train`; TrainingError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"no checkpoint at {path}: train first (`circuitsim train ... "
+                            f"--out {path.parent}`)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means unusable
+        raise TrainingError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
+                            f"{err}); train again or restore it") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path} is not a circuitsim training checkpoint (format "
+                            f"{ckpt.get('format') if isinstance(ckpt, dict) else None!r})")
+    return ckpt
+
+
+def _check_table(ckpt: dict[str, Any], table: Table | None) -> None:
+    want = ckpt.get("table_hash")
+    if want is None:
+        return
+    if table is None or table.attrs.get("content_hash") != want:
+        have = None if table is None else table.attrs.get("content_hash")
+        raise TrainingError(
+            f"the checkpoint was trained on calibration {want!r} ({ckpt.get('table_path')}), "
+            f"but this run uses {have!r}: pass that table with --table, or start a new run")
+
+
+def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
+          resume: bool = False, device: str = "auto", stream: TextIO = sys.stderr
+          ) -> TrainResult:
+    """Train ``cfg`` (module docstring); checkpoint in ``out``; returns the summary."""
+    out = Path(out)
+    ckpt_path = out / CHECKPOINT_NAME
+    dev = pick_device(device)
+    if cfg.analog and table is None:
+        raise ConfigError(f"mode {cfg.mode!r} needs a calibration table (--table or --preset)")
+    saved = None
+    if resume:
+        saved = load_checkpoint(ckpt_path)
+        if saved["config"] != cfg.to_dict():
+            diff = {k: (saved["config"].get(k), v) for k, v in cfg.to_dict().items()
+                    if saved["config"].get(k) != v and k != "epochs"}
+            if diff:
+                raise TrainingError(f"{ckpt_path} is from another configuration "
+                                    f"(saved vs asked: {diff}); use another --out or the "
+                                    "same options")
+        _check_table(saved, table if cfg.analog else None)
+    elif ckpt_path.exists():
+        raise TrainingError(f"{ckpt_path} exists: pass --resume to continue that run, or "
+                            "choose another --out (nothing was overwritten)")
+
+    data = load_dataset(cfg.dataset, seed=cfg.seed, test_size=cfg.test_size) \
+        if cfg.test_size is not None else load_dataset(cfg.dataset, seed=cfg.seed)
+    if data.train is None:
+        raise ConfigError(f"dataset {cfg.dataset!r} has no training split")
+    model, chip = _build(cfg, data, dev, table)
+    inner = _make_optimizer(cfg, model.parameters())
+    opt: Any = MixedPrecisionOptimizer(model, inner, mode=cfg.mode, threshold=cfg.threshold) \
+        if cfg.analog else inner
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        _set_rng_state(saved["rng"], chip, shuffle)
+        history = list(saved["history"])
+        start_epoch = int(saved["epoch"])
+        if start_epoch > cfg.epochs:
+            raise TrainingError(f"{ckpt_path} already holds {start_epoch} epochs, more than "
+                                f"the {cfg.epochs} asked for: ask for more with --epochs")
+        if chip is not None:
+            for _, layer in analog_layers(model):
+                layer.chip = chip
+                layer._prepared = None
+
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        show = _progress(stream, f"epoch {epoch + 1}/{cfg.epochs} ({cfg.mode})")
+        n_batches = math.ceil(len(data.train) / cfg.batch_size)
+        t0 = time.perf_counter()
+        total_loss = correct = seen = 0
+        writes = 0
+        for b, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True,
+                                           generator=shuffle)):
+            x, y = x.to(dev), y.to(dev)
+            opt.zero_grad()
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {float(loss.detach())} at epoch {epoch + 1}, batch {b + 1}: "
+                    f"lower --lr (now {cfg.lr:g}); the last checkpoint "
+                    f"{ckpt_path if ckpt_path.exists() else '(none yet)'} is unchanged")
+            loss.backward()
+            opt.step()
+            if cfg.analog:
+                writes += opt.step_writes
+            total_loss += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            show(b + 1, n_batches, total_loss / seen)
+        seconds = time.perf_counter() - t0
+        test_acc = accuracy(model, data.test, device=dev)
+        entry = {"epoch": epoch + 1, "train_loss": total_loss / seen,
+                 "train_accuracy": correct / seen, "test_accuracy": test_acc,
+                 "seconds": seconds, "device_writes": writes}
+        history.append(entry)
+        stream.write(f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}, train "
+                     f"{100 * entry['train_accuracy']:.2f}%, test {100 * test_acc:.2f}%, "
+                     f"{seconds:.1f} s, {writes} device writes\n")
+        _atomic_save({
+            "format": _CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "rng": _rng_state(chip, shuffle), "history": history,
+            "table_path": str(table.path) if (cfg.analog and table is not None) else None,
+            "table_hash": table.attrs.get("content_hash") if cfg.analog and table else None,
+            "dataset": {"name": data.name, "num_classes": data.num_classes,
+                        "input_shape": list(data.input_shape)},
+        }, ckpt_path)
+
+    ran = history[start_epoch:] or history
+    writes = opt.write_summary() if cfg.analog else {}
+    per_device = {name: layer.weight_device_writes().cpu().numpy()
+                  for name, layer in analog_layers(model)}
+    return TrainResult(config=cfg, test_accuracy=history[-1]["test_accuracy"],
+                       epochs=len(history),
+                       seconds_per_epoch=sum(h["seconds"] for h in ran) / len(ran),
+                       writes=writes, checkpoint=ckpt_path, history=history,
+                       device_writes=per_device)
+
+
+def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None,
+             fresh_chip: int | None = None, device: str = "auto",
+             read_noise: bool = True) -> dict[str, Any]:
+    """Test accuracy of a checkpoint on ``dataset``'s test split (module docstring).
+
+    ``table``: the calibration for a ``float`` checkpoint mapped onto a chip, or to find an
+    analog checkpoint's table if it moved (its content hash must match). ``fresh_chip``: the
+    seed of a new simulated chip to program the trained weights onto first.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    cfg = TrainConfig(**ckpt["config"])
+    dev = pick_device(device)
+    data = load_dataset(dataset, need_train=False)
+    saved_ds = ckpt.get("dataset", {})
+    if saved_ds and (list(data.input_shape) != saved_ds.get("input_shape")
+                     or data.num_classes != saved_ds.get("num_classes")):
+        raise ConfigError(f"dataset {dataset!r} has inputs {list(data.input_shape)} and "
+                          f"{data.num_classes} classes; the checkpoint was trained on "
+                          f"{saved_ds.get('name')!r} with {saved_ds.get('input_shape')} and "
+                          f"{saved_ds.get('num_classes')}")
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes=data.num_classes, input_shape=data.input_shape)
+    model.to(dev)
+    result: dict[str, Any] = {"checkpoint": str(checkpoint), "mode": cfg.mode,
+                              "dataset": dataset, "fresh_chip": fresh_chip}
+    if cfg.analog:
+        if table is None:
+            path = ckpt.get("table_path")
+            if not path or not Path(path).exists():
+                raise TrainingError(f"the checkpoint's calibration table {path} is missing: "
+                                    "pass it with --table (same content hash)")
+            table = open_table(path)
+        _check_table(ckpt, table)
+        chip = AnalogChip(table, seed=cfg.chip_seed, device=dev, read_noise=read_noise,
+                          programming=cfg.programming)
+        from_digital(model, chip, range_margin=cfg.range_margin)
+        model.load_state_dict(ckpt["model"])
+        for _, layer in analog_layers(model):
+            layer._prepared = None
+        if fresh_chip is not None:
+            fresh = AnalogChip(table, seed=fresh_chip, device=dev, read_noise=read_noise,
+                               programming=cfg.programming)
+            for _, layer in analog_layers(model):
+                layer.reprogram_fresh(fresh)
+    else:
+        model.load_state_dict(ckpt["model"])
+        if fresh_chip is not None:
+            if table is None:
+                raise ConfigError("a float checkpoint needs a calibration table (--table or "
+                                  "--preset) to be programmed onto a chip")
+            chip = AnalogChip(table, seed=fresh_chip, device=dev, read_noise=read_noise,
+                              programming=cfg.programming)
+            from_digital(model, chip, range_margin=1.0)
+    result["test_accuracy"] = accuracy(model, data.test, device=dev)
+    if table is not None:
+        result["table"] = str(table.path)
+    return result
+
