@@ -131,20 +131,26 @@ def cmd_array(args: argparse.Namespace) -> None:
 # ---- demo -------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> None:
     """The main job on the embedded default: characterize a device, solve a tile in SPICE,
-    then build (or find in the cache) the calibration tables."""
+    build (or find in the cache) the calibration tables, check the surrogate tile against
+    ngspice, and train LeNet with the mixed-precision scheme on the calibrated tiles."""
+    import tempfile
+
     from calibration.calibrate import calibrate
+    from calibration.store import open_table
+    from calibration.validate import validate
     from circuitsim.device import simulate_pulses
     from circuitsim.tile import ideal_codes, solve_tile
+    from training.trainer import TrainConfig, train
 
     hw, solver = _hardware(args)
     started = time.perf_counter()
     with _runner(solver) as runner:
-        print("[1/3] 1T1R cell: 100 SET then 100 RESET pulses in ngspice ...", file=sys.stderr)
+        print("[1/5] 1T1R cell: 100 SET then 100 RESET pulses in ngspice ...", file=sys.stderr)
         dev = simulate_pulses(hw, 100, 100, runner=runner, seed=args.seed, solver=solver)
         g = dev.conductance_us
         print(f"      conductance {g[0]:.2f} -> {g[100]:.2f} -> {g[-1]:.2f} uS; "
               f"largest step {np.max(np.abs(np.diff(g))):.3f} uS", file=sys.stderr)
-        print(f"[2/3] {hw.array.rows}x{hw.array.cols} tile: random levels and 8-bit inputs, "
+        print(f"[2/5] {hw.array.rows}x{hw.array.cols} tile: random levels and 8-bit inputs, "
               "bit-serial transient in ngspice ...", file=sys.stderr)
         states, gmap, x = random_tile(hw, runner=runner, seed=args.seed)
         tile = solve_tile(hw, states, x, runner=runner, solver=solver)
@@ -153,10 +159,26 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"      {tile.solve_seconds:.2f} s in ngspice; ADC codes vs an ideal crossbar: "
           f"mean {np.mean(diff):+.2f}, max |error| {np.max(np.abs(diff))} codes "
           "(IR drop, transistor and TIA)", file=sys.stderr)
-    print(f"[3/3] calibration tables ({args.preset}) from ngspice sweeps ...", file=sys.stderr)
+    print(f"[3/5] calibration tables ({args.preset}) from ngspice sweeps ...", file=sys.stderr)
     cal = calibrate(hw, preset=args.preset, solver=solver, workers=args.workers)
     print(f"      {'found in the cache' if cal.cache_hit else 'built'}: {cal.path} "
           f"({cal.spice_runs} ngspice runs, {cal.seconds:.1f} s)", file=sys.stderr)
+    table = open_table(cal.path, expected_hash=cal.content_hash)
+    print("[4/5] surrogate tile vs whole-tile ngspice solves (4 held-out cases) ...",
+          file=sys.stderr)
+    val = validate(table, cases=4, seed=args.seed, workers=args.workers).summary()
+    print(f"      accumulated voltage within {val['rms_lsb']:.3f} LSB rms ({val['max_lsb']:.3f}"
+          f" max) of ngspice, {100 * val['code_match']:.1f}% identical codes; ideal crossbar "
+          f"{val['ideal_rms_lsb']:.2f} LSB rms; {val['speedup']:.2g}x faster per VMM",
+          file=sys.stderr)
+    print("[5/5] LeNet on 4,000 MNIST digits, 1 epoch, mixed precision on the calibrated "
+          "tiles ...", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="circuitsim-demo-") as out:
+        run = train(TrainConfig(epochs=1, seed=args.seed), out=out, table=table)
+    writes = run.writes
+    print(f"      test accuracy {100 * run.test_accuracy:.2f}% on 1,000 held-out digits, "
+          f"{writes['device_writes']:,} device writes ({writes['writes_per_device_mean']:.2f} "
+          f"per device), {run.seconds_per_epoch:.1f} s", file=sys.stderr)
     payload = {
         "device_conductance_us": [round(float(v), 4) for v in g],
         "tile_rows": hw.array.rows,
@@ -166,6 +188,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
         "tile_solve_seconds": tile.solve_seconds,
         "calibration": str(cal.path),
         "calibration_cache_hit": cal.cache_hit,
+        "surrogate_validation": {k: v for k, v in val.items() if k != "by_kind"},
+        "lenet_test_accuracy": run.test_accuracy,
+        "lenet_device_writes": run.writes["device_writes"],
         "seconds": time.perf_counter() - started,
     }
     _emit(args, payload, f"done in {payload['seconds']:.1f} s")
@@ -248,6 +273,53 @@ def cmd_validate(args: argparse.Namespace) -> None:
     _emit(args, payload, summary)
 
 
+# ---- training ------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> None:
+    from training.trainer import TrainConfig, train
+
+    cfg = TrainConfig(model=args.model, dataset=args.dataset, mode=args.mode,
+                      epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+                      lr=args.lr, weight_decay=args.weight_decay, threshold=args.threshold,
+                      seed=args.seed, chip_seed=args.chip_seed, range_margin=args.range_margin,
+                      read_noise=not args.no_read_noise, programming=args.programming,
+                      test_size=args.test_size)
+    table = load_calibration(args) if cfg.analog else None
+    out = args.out or Path("runs") / f"{cfg.model}-{cfg.mode}-seed{cfg.seed}"
+    result = train(cfg, out=out, table=table, resume=args.resume, device=args.device)
+    payload = result.summary()
+    if args.plot:
+        from training.plots import plot_run
+
+        payload["plots"] = [str(p) for p in plot_run(result, args.plot)]
+    summary = (f"{cfg.model} on {cfg.dataset} ({cfg.mode}): test accuracy "
+               f"{100 * result.test_accuracy:.2f}% after {result.epochs} epochs, "
+               f"{result.seconds_per_epoch:.1f} s per epoch, {payload['device_writes']} device "
+               f"writes; checkpoint {result.checkpoint}")
+    _emit(args, payload, summary)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from training.trainer import evaluate, load_checkpoint
+
+    table = None
+    if args.table is not None or args.fresh_chip is not None:
+        mode = load_checkpoint(args.checkpoint)["config"]["mode"]
+        if args.table is not None or mode == "float":
+            table = load_calibration(args)
+    result = evaluate(args.checkpoint, args.dataset, table=table, fresh_chip=args.fresh_chip,
+                      device=args.device)
+    where = f"a fresh chip (seed {args.fresh_chip})" if args.fresh_chip is not None else \
+        ("the training chip" if result["mode"] != "float" else "float weights")
+    _emit(args, result, f"test accuracy {100 * result['test_accuracy']:.2f}% on {where}")
+
+
+def _add_table_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--table", type=Path,
+                   help="a calibration table (.h5); default: the preset's, from the cache")
+    p.add_argument("--workers", type=int, default=2,
+                   help="ngspice worker processes for calibration and validation solves")
+
+
 # ---- parser -----------------------------------------------------------------------------
 def _positive_int(text: str) -> int:
     try:
@@ -316,19 +388,57 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     val = sub.add_parser("validate", help="the surrogate tile against whole-tile ngspice solves")
-    val.add_argument("--table", type=Path,
-                     help="a calibration table (.h5); default: the preset's, from the cache")
     val.add_argument("--cases", type=_positive_int, default=20, help="held-out tiles to solve")
     val.add_argument("--rows", type=_positive_int, help="tile rows (default: the table's)")
     val.add_argument("--cols", type=_positive_int, help="tile columns (default: the table's)")
     val.add_argument("--seed", type=int, default=0)
     val.add_argument("--plot", type=Path, help="write a scatter plot (PNG) here")
-    val.add_argument("--workers", type=int, default=2,
-                     help="ngspice worker processes (0: in this process)")
     val.add_argument("--method", choices=["exact", "fast"], default="exact",
                      help="how the surrogate computes the effective conductances")
+    _add_table_options(val)
     _add_common(val)
     val.set_defaults(func=cmd_validate)
+
+    tr = sub.add_parser("train", help="train a model with circuit-calibrated analog tiles")
+    tr.add_argument("--model", default="lenet", help="lenet, vgg8 or resnet18")
+    tr.add_argument("--dataset", default="mnist5k",
+                    help="mnist5k (default), mnist:DIR or cifar10:DIR (never downloaded)")
+    tr.add_argument("--mode", default="mixed", help="mixed (default), naive or float")
+    tr.add_argument("--epochs", type=_positive_int, default=5)
+    tr.add_argument("--batch-size", type=_positive_int, default=64)
+    tr.add_argument("--optimizer", default="adamw", help="sgd, adam or adamw (default)")
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--weight-decay", type=float, default=0.0)
+    tr.add_argument("--threshold", type=float, default=1.0 / 15.0,
+                    help="write threshold, fraction of the weight range (default 1/15)")
+    tr.add_argument("--seed", type=int, default=0, help="model initialization and data order")
+    tr.add_argument("--chip-seed", type=int, default=0,
+                    help="the simulated chip: device-to-device draws and noise")
+    tr.add_argument("--range-margin", type=float, default=1.5,
+                    help="weight range mapped onto the devices, times the initial max |w|")
+    tr.add_argument("--no-read-noise", action="store_true", help="noise-free analog reads")
+    tr.add_argument("--programming", default="exact",
+                    help="exact (write-and-verify on the calibrated pulses, default) or "
+                         "statistical (outcomes drawn from ngspice's write-and-verify runs)")
+    tr.add_argument("--test-size", type=_positive_int,
+                    help="mnist5k: digits held out for testing (default 1000)")
+    tr.add_argument("--out", type=Path, help="run folder (default runs/MODEL-MODE-seedS)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.add_argument("--plot", type=Path, help="write training curves and write histograms here")
+    tr.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    _add_table_options(tr)
+    _add_common(tr)
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="test accuracy of a trained checkpoint")
+    ev.add_argument("--checkpoint", type=Path, required=True)
+    ev.add_argument("--dataset", default="mnist5k", help="only its test split is read")
+    ev.add_argument("--fresh-chip", type=int, metavar="SEED",
+                    help="first program the model onto a new simulated chip")
+    ev.add_argument("--device", default="auto")
+    _add_table_options(ev)
+    _add_common(ev)
+    ev.set_defaults(func=cmd_evaluate)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default")
     demo.add_argument("--seed", type=int, default=0)

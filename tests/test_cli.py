@@ -102,5 +102,8 @@ def test_demo_on_the_tiny_preset(tmp_path):
     assert len(out["codes"]) == len(out["ideal_codes"]) == 8
     assert Path(out["calibration"]).parent == tmp_path
     assert out["calibration_cache_hit"] is False
+    assert out["surrogate_validation"]["cases"] == 4
+    assert out["surrogate_validation"]["rms_lsb"] < 0.05
+    assert 0.0 <= out["lenet_test_accuracy"] <= 1.0 and out["lenet_device_writes"] > 0
     again = _last_json(_cli("demo", "--preset", "tiny", "--json", env=env))
     assert again["calibration_cache_hit"] is True
