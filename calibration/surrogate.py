@@ -212,6 +212,15 @@ class TileSurrogate:
             raise TableError(f"{table.path}: the adc surface has {bit_weight.size} bit "
                              f"weights for {bits} input bits")
         self.window_s = window
+        # The table's iteration count suits its own tile; another size may need more: enough
+        # that the damped Jacobi error (a factor rho / (2 + rho) per step, rho with every
+        # cell at the top of the window) falls below 1e-5.
+        top = torch.full((self.rows, self.cols), window[1], dtype=torch.float64)
+        rho = float(torch.amax(_line_loss(top, tuple(float(c) for c in self.coefficients))))
+        shrink = max(rho, 0.0) / (2.0 + max(rho, 0.0))
+        if shrink > 0:
+            self.iterations = max(self.iterations,
+                                  math.ceil(math.log(1e-5) / math.log(shrink)))
 
         # TIA: DC gain on the feedback current (the array surface's column current), and the
         # sampled fractions from the table's Norton-source runs, relative to its DC slope.
@@ -249,7 +258,7 @@ class TileSurrogate:
         # The exact path's TIA transfer: the table's DC curve, indexed by the feedback
         # current scaled so that its linear part has the gain above.
         self._i_axis = (float(i_in[0]), float(i_in[1] - i_in[0]), i_in.size)
-        self._i_scale = abs(s_dc) / gain
+        self._i_scale = gain / abs(s_dc)               # slope |s_dc| x scale = gain
         self._u_table = torch.as_tensor(-v_dc, **kw)
         self.transitions = torch.as_tensor(transitions, **kw)
         lsb = hw.adc.v_full_scale_v / 2 ** hw.adc.bits
@@ -325,14 +334,16 @@ class TileSurrogate:
             self.check_inputs(x)
         idx = x.to(torch.long)
         if tiles.all_linear:
-            d = torch.matmul(self.lut[idx], tiles.w_scaled) + tiles.offset_v[..., None, :]
+            x_eff = self.lut.index_select(0, idx.reshape(-1)).reshape(idx.shape)
+            d = torch.matmul(x_eff, tiles.w_scaled) + tiles.offset_v[..., None, :]
         else:
             d = self._exact_planes(idx, tiles)
         if generator is not None:
             sigma2 = torch.zeros((), dtype=self.dtype, device=self.device)
             if read_noise and self.read_noise_s > 0:
                 scale = self.tia_gain_ohm * self.hw.drive.v_read_v * self.read_noise_s
-                sigma2 = scale ** 2 * self.lut_noise[idx].sum(-1, keepdim=True)
+                q = self.lut_noise.index_select(0, idx.reshape(-1)).reshape(idx.shape)
+                sigma2 = scale ** 2 * q.sum(-1, keepdim=True)
             if adc_noise and self.adc_noise_v > 0:
                 sigma2 = sigma2 + self.adc_noise_v ** 2
             if bool(torch.any(sigma2 > 0)):
@@ -346,8 +357,9 @@ class TileSurrogate:
         v_read = self.hw.drive.v_read_v
         planes = self.planes[idx]                                    # (..., B, N, bits)
         v = v_read * torch.swapaxes(planes, -1, -2) - self.v_offset_v  # (..., B, bits, N)
-        w = tiles.w[..., None, :, :] if v.ndim == tiles.w.ndim + 1 else tiles.w
-        cur = torch.matmul(v, w)                                     # (..., B, bits, M)
+        # tiles (..., N, M) -> (..., 1, N, M): the inputs' B axis broadcasts against the new
+        # axis and their leading axes against the tiles', as in the shortcut's matmul.
+        cur = torch.matmul(v, tiles.w[..., None, :, :])              # (..., B, bits, M)
         i0, di, n = self._i_axis
         pos = torch.clamp((cur * self._i_scale - i0) / di, 0.0, n - 1.0)
         lo = torch.clamp(torch.floor(pos), max=n - 2).to(torch.long)

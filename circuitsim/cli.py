@@ -321,14 +321,22 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
 
 
 # ---- parser -----------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
+def _count(text: str, lo: int = 0) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    if value < lo:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= {lo}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    return _count(text, 0)
+
+
+def _positive_int(text: str) -> int:
+    return _count(text, 1)
 
 
 def _add_common(p: argparse.ArgumentParser, *, default_preset: str = "chip") -> None:
@@ -350,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev_sub = dev.add_subparsers(dest="device_command", required=True)
     pulses = dev_sub.add_parser(
         "pulses", help="N SET then M RESET pulses on one cell in ngspice, reading after each")
-    pulses.add_argument("--set", type=_positive_int, required=True, help="SET pulses")
-    pulses.add_argument("--reset", type=_positive_int, required=True, help="RESET pulses")
+    pulses.add_argument("--set", type=_non_negative_int, required=True, help="SET pulses")
+    pulses.add_argument("--reset", type=_non_negative_int, required=True, help="RESET pulses")
     pulses.add_argument("--amplitude", type=float,
                         help="pulse amplitude for both kinds, V (default 2.2 V SET, 3.0 V RESET)")
     pulses.add_argument("--width", type=float, help="pulse width, s (default 100e-9)")
