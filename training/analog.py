@@ -25,9 +25,11 @@ back into weight units with the nominal conversion (``lsb / (G v_read)``, the wi
 ``w_max``), multiplied by the tile's trainable digital scale (initially 1) and added over
 the tile rows: the partial sums are digital.
 
-Backward (digital). Straight through: the gradient is that of ``x @ w_hp^T`` per tile, with
-``w_hp`` the high-precision weights (the layer's ``weight`` parameter), times the tile scale;
-the tile scale's gradient is the analog partial sum it multiplies.
+Backward (digital). Straight through: the gradient is that of the digital layer (``x @ w^T``,
+or the convolution) with the effective weights ``w = w_hp * s``: ``w_hp`` the
+high-precision weights (the layer's ``weight`` parameter), ``s`` the scale of the tile each
+weight sits on. The digital forward runs torch's own kernels, so the backward costs what a
+digital layer's does.
 
 The devices themselves are only changed by :meth:`AnalogTiles.program`: write-and-verify of
 the selected devices towards the conductances of new targets, counting the writes and the
@@ -355,20 +357,29 @@ class AnalogTiles(nn.Module):
             return out * (scale.reshape(1, 1, -1, 1)
                           * (chip.code_to_dot * float(self.w_max)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, in) -> (B, out): analog forward, straight-through digital backward."""
+    def analog(self, x: torch.Tensor) -> torch.Tensor:
+        """The analog result (B, out) for ``x`` (B, in): tile partial sums times the tile
+        scales, added digitally (no gradient)."""
         if x.shape[-1] != self.in_features:
             raise ConfigError(f"input has {x.shape[-1]} features; the layer takes "
                               f"{self.in_features}")
-        tr, tc = self.grid
+        with torch.no_grad():
+            partial = self.analog_partials(x.detach())                         # (tr,tc,B,P)
+            y = torch.einsum("tcbp,tc->bcp", partial, self.tile_scale)
+            return y.reshape(x.shape[0], -1)[:, :self.out_features]
+
+    def effective_weight(self) -> torch.Tensor:
+        """``weight`` times its tile's scale, (out, in): what the digital backward pass
+        differentiates."""
         r, p = self._rows_used, self._pairs_used
-        analog = self.analog_partials(x.detach())                              # (tr,tc,B,P)
-        wb = F.pad(self.weight, (0, tr * r - self.in_features,
-                                 0, tc * p - self.out_features)).reshape(tc, p, tr, r)
-        digital = torch.einsum("btr,cptr->tcbp", self._blocks(x), wb)          # (tr,tc,B,P)
-        partial = digital + (analog - digital).detach()
-        y = torch.einsum("tcbp,tc->bcp", partial, self.tile_scale)
-        return y.reshape(x.shape[0], tc * p)[:, :self.out_features]
+        scale = self.tile_scale.T.repeat_interleave(p, 0).repeat_interleave(r, 1)
+        return self.weight * scale[:self.out_features, :self.in_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, in) -> (B, out): the analog result, with the gradient of
+        ``x @ effective_weight().T`` (straight through)."""
+        digital = F.linear(x, self.effective_weight())
+        return digital + (self.analog(x) - digital).detach()
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, tiles={self.grid[0]}x"
@@ -496,15 +507,19 @@ class AnalogConv2d(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        kh, kw = self.kernel_size
-        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        ow = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding,
-                        stride=self.stride)                                   # (B, CKK, L)
-        patches = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-        y = self.tiles(patches).reshape(b, oh * ow, self.out_channels).transpose(1, 2)
-        y = y.reshape(b, self.out_channels, oh, ow)
+        """The analog convolution (every patch one VMM on the tiles), with the gradient of
+        the digital convolution by the tiles' effective weights (straight through)."""
+        weight = self.tiles.effective_weight().reshape(
+            self.out_channels, self.in_channels, *self.kernel_size)
+        digital = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation)
+        with torch.no_grad():
+            b, _, oh, ow = digital.shape
+            cols = F.unfold(x.detach(), self.kernel_size, dilation=self.dilation,
+                            padding=self.padding, stride=self.stride)          # (B, CKK, L)
+            patches = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+            analog = self.tiles.analog(patches).reshape(b, oh * ow, self.out_channels)
+            analog = analog.transpose(1, 2).reshape(digital.shape)
+        y = digital + (analog - digital).detach()
         if self.bias is not None:
             y = y + self.bias[:, None, None]
         return y
