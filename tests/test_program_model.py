@@ -337,6 +337,141 @@ def _fields(res: ProgramResult) -> dict[str, torch.Tensor]:
     return {f.name: getattr(res, f.name) for f in dataclasses.fields(res)}
 
 
+def _stepwise(model: ProgrammingModel, targets: torch.Tensor, devices: Devices, *,
+              state: torch.Tensor, generator: torch.Generator, read_noise: bool,
+              max_rounds: int = 2, max_pulses_per_phase: int = 60,
+              max_floor_pulses: int = 20, set_step_v: float = 0.05,
+              reset_step_v: float = 0.1) -> dict[str, torch.Tensor]:
+    """circuitsim.write_verify's controller over a working set of devices, one masked
+    tensor operation after another: each step pulses the whole working set through
+    ``model.pulse`` and reads it through ``model.read`` (each drawing from ``generator``),
+    keeps the result where a device is still being programmed, and compacts the set once
+    at most half of it is. The same draws in the same order as ``program``."""
+    drv, dtype = model.hw.drive, model.dtype
+    floor, tol, max_phase = model.floor_s, model.tolerance_s, max_pulses_per_phase
+    noise = generator if read_noise else None
+    count = targets.numel()
+    n = torch.minimum(torch.maximum(state, model.floor_state(devices)),
+                      model.hw.device.n_max * devices.wd)
+    zeros = torch.zeros(count, dtype=torch.int32)
+    w = {"pos": torch.arange(count), "n": n, "lo": targets - tol, "hi": targets + tol,
+         "kd": devices.kd, "wd": devices.wd, "phase": torch.full((count,), 3),
+         "amp": torch.zeros(count, dtype=dtype), "rounds": zeros, "pp": zeros.clone(),
+         "set": zeros.clone(), "reset": zeros.clone(), "floor": zeros.clone()}
+    w["g"] = model.read(n, devices, generator=noise)
+
+    def start_round(mask: torch.Tensor) -> None:  # phases: 0 floor, 1 SET, 2 RESET, 3 done
+        g, lo, hi = w["g"], w["lo"], w["hi"]
+        finished = mask & (((g >= lo) & (g <= hi)) | (w["rounds"] >= max_rounds))
+        go = mask & ~finished
+        up, down = go & (g < lo), go & ~(g < lo)
+        w["rounds"] = w["rounds"] + go.int()
+        w["pp"] = torch.where(go, 0, w["pp"])
+        w["phase"] = torch.where(finished, 3, torch.where(up, 1, torch.where(down, 2,
+                                                                               w["phase"])))
+        w["amp"] = torch.where(up, drv.v_set_min_v, torch.where(down, drv.v_reset_min_v,
+                                                                  w["amp"]))
+
+    first = (w["g"] > floor) & (max_floor_pulses > 0)
+    w["phase"][first] = 0
+    start_round(~first)
+    out = {k: torch.empty_like(w[k]) for k in ("n", "g", "rounds", "set", "reset", "floor")}
+
+    def retire(rows: torch.Tensor) -> None:
+        for key, dest in out.items():
+            dest[w["pos"][rows]] = w[key][rows]
+
+    for _ in range(max_floor_pulses + 2 * max_phase * max_rounds + 1):
+        active = w["phase"] != 3
+        if not bool(active.any()):
+            break
+        if 2 * int(active.sum()) <= active.numel():
+            retire(~active)
+            w = {k: v[active] for k, v in w.items()}
+            active = active[active]
+        phase = w["phase"]
+        amp = torch.where(phase == 0, drv.v_reset_max_v, w["amp"])
+        dev = Devices(kd=w["kd"], wd=w["wd"])
+        moved = model.pulse(w["n"], dev, polarity=torch.where(phase == 1, 1, -1),
+                            amplitude_v=torch.where(active, amp, drv.v_reset_min_v),
+                            generator=generator)
+        w["n"] = torch.where(active, moved, w["n"])
+        w["g"] = torch.where(active, model.read(w["n"], dev, generator=noise), w["g"])
+        # the controller's decision
+        g, lo, hi = w["g"], w["lo"], w["hi"]
+        in_floor, in_set, in_reset = phase == 0, phase == 1, phase == 2
+        for key, mask in (("floor", in_floor), ("set", in_set), ("reset", in_reset)):
+            w[key] = w[key] + mask.int()
+        w["pp"] = w["pp"] + (in_set | in_reset).int()
+        floor_end = in_floor & ((g <= floor) | (w["floor"] >= max_floor_pulses))
+        reached = in_set & (g >= lo)
+        over = reached & (g > hi)
+        capped = w["pp"] >= max_phase
+        set_end, set_more = in_set & ~reached & capped, in_set & ~reached & ~capped
+        reset_end = in_reset & ((g <= hi) | capped)
+        amp = w["amp"]
+        amp = torch.where(set_more, (amp + set_step_v).clamp_max(drv.v_set_max_v), amp)
+        amp = torch.where(in_reset & ~reset_end,
+                          (amp + reset_step_v).clamp_max(drv.v_reset_max_v), amp)
+        w["amp"] = torch.where(over, drv.v_reset_min_v, amp)
+        w["pp"] = torch.where(over, 0, w["pp"])
+        w["phase"] = torch.where(over, 2, torch.where(reached, 3, phase))
+        start_round(floor_end | set_end | reset_end)
+    retire(torch.ones_like(w["phase"], dtype=torch.bool))
+    return out
+
+
+@pytest.mark.parametrize("dtype, read_noise", [(torch.float32, False), (torch.float32, True),
+                                               (torch.float64, False)])
+def test_program_is_the_stepwise_controller_bit_for_bit(table, dtype, read_noise):
+    # program runs the controller as table lookups, counts its rows in batches and, without
+    # read noise, judges a read on the state; it must still make every decision, draw and
+    # rounding of the plain step-by-step controller
+    model = ProgrammingModel.from_table(table, dtype=dtype)
+    gen = _gen(12)
+    count = 300
+    devices = model.draw_devices((count,), generator=gen)
+    targets = model.level_conductances()[torch.randint(0, model.levels, (count,),
+                                                       generator=gen)]
+    d = model.hw.device
+    start = d.n_min + (d.n_max - d.n_min) * torch.rand(count, generator=gen, dtype=dtype)
+    start[::5] = model.floor_state(devices)[::5]
+    start[1::5] = 100.0  # clipped to each device's top
+    lo, hi = model.window_s
+    targets[3::10] = model.read(start, devices)[3::10].clamp(lo, hi)  # there already
+    for caps in ({}, {"max_rounds": 3, "max_pulses_per_phase": 4, "max_floor_pulses": 2,
+                      "set_step_v": 0.08, "reset_step_v": 0.03}):
+        got = model.program(targets, devices, state=start, generator=_gen(13),
+                            read_noise=read_noise, **caps)
+        want = _stepwise(model, targets, devices, state=start, generator=_gen(13),
+                         read_noise=read_noise, **caps)
+        for name, key in (("g_reached", "g"), ("state", "n"), ("set_pulses", "set"),
+                          ("reset_pulses", "reset"), ("floor_pulses", "floor"),
+                          ("rounds", "rounds")):
+            assert torch.equal(getattr(got, name), want[key]), (name, caps)
+        assert int(got.rounds.max()) == caps.get("max_rounds", 2)
+
+
+def test_a_verify_read_is_judged_on_the_state_exactly(model):
+    # without read noise, program compares a device's state with the lowest state in its
+    # window at which the read reaches each threshold: for every state n of the window,
+    # g(n) >= level exactly when n >= that state
+    lo, hi = model.window_s
+    count = 20000
+    level = torch.linspace(lo - 0.6 * (hi - lo), hi + 0.6 * (hi - lo), count)
+    wd = model.draw_devices((count,), generator=_gen(14)).wd
+    d = model.hw.device
+    low, high = d.n_min * wd, d.n_max * wd
+    t = model._tensors(torch.device("cpu"))
+    n = model._state_at(t, level, low, high)
+    below = torch.nextafter(n, torch.tensor(-math.inf))
+    assert bool(((n >= low) & (n <= torch.nextafter(high, torch.tensor(math.inf)))).all())
+    assert bool(((model._g(t, n) >= level) | (n > high)).all())
+    assert bool(((model._g(t, below) < level) | (n == low)).all())
+    inside = (level > model._g(t, low)) & (level < model._g(t, high))
+    assert int(inside.sum()) > count // 3  # many levels fall within the windows
+
+
 def test_seeded_runs_repeat_exactly(model):
     tg = torch.tensor(_targets(model, LEVELS, repeats=16), dtype=torch.float32)
     devices = model.draw_devices(tg.shape, generator=_gen(5))
@@ -362,6 +497,9 @@ def test_any_shape_is_the_flat_problem_reshaped(model):
         assert torch.equal(value.reshape(-1), getattr(flat, name)), name
     assert res.g_reached.dtype == res.state.dtype == torch.float32
     assert res.pulses.dtype == torch.int32 and res.success.dtype == torch.bool
+    # plain tensors, although the loop runs in inference mode
+    assert not any(value.is_inference() for value in _fields(res).values())
+    res.state.add_(0.0)
     # programming a subset: index the targets and the devices alike
     mask = levels > 64
     part = model.program(tg[mask], devices[mask], generator=_gen(6))
@@ -407,6 +545,9 @@ def test_targets_outside_the_window_are_refused(model):
         model.program(torch.tensor([2e-5, 3e-5]), devices, generator=_gen(0), max_rounds=0)
     with pytest.raises(ConfigError, match="set_step_v"):
         model.program(torch.tensor([2e-5, 3e-5]), devices, generator=_gen(0), set_step_v=0)
+    with pytest.raises(ConfigError, match="= 80020 must not exceed 65536"):
+        model.program(torch.tensor([2e-5, 3e-5]), devices, generator=_gen(0),
+                      max_pulses_per_phase=20000)
     with pytest.raises(ConfigError, match="generator"):
         model.program(torch.tensor([2e-5, 3e-5]), devices, generator=None)
     with pytest.raises(ConfigError, match="kd has shape"):
