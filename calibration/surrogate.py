@@ -136,10 +136,25 @@ class PreparedTiles:
     w_scaled: torch.Tensor
     offset_v: torch.Tensor
     linear: torch.Tensor
+    #: (..., 2N, M+1): ``w_scaled`` on the even rows, the read-noise variance per unit of
+    #: the noise lookup in the last column of the odd rows; one GEMM of the interleaved
+    #: lookup gives ``D`` and its noise variance together.
+    w_noise: torch.Tensor
 
     @property
     def all_linear(self) -> bool:
         return bool(torch.all(self.linear))
+
+    def sliced(self, rows: int, cols: int) -> "PreparedTiles":
+        """The same tiles read on their first ``rows`` rows and ``cols`` columns only (exact:
+        rows without input carry no current, and columns are independent once W is
+        known)."""
+        ext = torch.cat([self.w_noise[..., :2 * rows, :cols],
+                         self.w_noise[..., :2 * rows, -1:]], dim=-1)
+        return PreparedTiles(g=self.g[..., :rows, :cols], w=self.w[..., :rows, :cols],
+                             w_scaled=self.w_scaled[..., :rows, :cols],
+                             offset_v=self.offset_v[..., :cols], linear=self.linear,
+                             w_noise=ext)
 
 
 @dataclass(frozen=True)
@@ -251,8 +266,8 @@ class TileSurrogate:
         planes = ((levels[:, None] >> np.arange(bits)) & 1).astype(float)   # (256, bits)
         self._bits = planes
         kw = {"device": self.device, "dtype": dtype}
-        self.lut = torch.as_tensor(planes @ a, **kw)
-        self.lut_noise = torch.as_tensor(planes @ (a ** 2), **kw)
+        # Per input value: its weight in D (column 0) and in D's read-noise variance (1).
+        self.lut2 = torch.as_tensor(np.stack([planes @ a, planes @ (a ** 2)], axis=1), **kw)
         self.plane_a = torch.as_tensor(a, **kw)
         self.planes = torch.as_tensor(planes, **kw)
         # The exact path's TIA transfer: the table's DC curve, indexed by the feedback
@@ -278,13 +293,18 @@ class TileSurrogate:
         return self.hw.array.cols
 
     @property
+    def lut(self) -> torch.Tensor:
+        """(2^bits,): each input value's weight in ``D`` (the shortcut's lookup)."""
+        return self.lut2[:, 0]
+
+    @property
     def input_levels(self) -> int:
         return 2 ** self.hw.drive.input_bits
 
     def to(self, device: torch.device | str) -> "TileSurrogate":
         """Move the constant tensors to ``device`` (in place); returns self."""
         self.device = torch.device(device)
-        for name in ("lut", "lut_noise", "plane_a", "planes", "_u_table", "transitions"):
+        for name in ("lut2", "plane_a", "planes", "_u_table", "transitions"):
             setattr(self, name, getattr(self, name).to(self.device))
         return self
 
@@ -307,8 +327,12 @@ class TileSurrogate:
         total_a = float(self.plane_weights.sum())
         offset = (-gain * self.v_offset_v * total_a * colsum
                   + self.u0_v * total_a + self.d_offset_v)
-        return PreparedTiles(g=g, w=w, w_scaled=(gain * v_read) * w, offset_v=offset,
-                             linear=linear)
+        w_scaled = (gain * v_read) * w
+        ext = w.new_zeros((*w.shape[:-2], 2 * self.rows, self.cols + 1))
+        ext[..., 0::2, :self.cols] = w_scaled
+        ext[..., 1::2, self.cols] = (gain * v_read * self.read_noise_s) ** 2
+        return PreparedTiles(g=g, w=w, w_scaled=w_scaled, offset_v=offset, linear=linear,
+                             w_noise=ext)
 
     # -- reading ---------------------------------------------------------------------------
     def check_inputs(self, x: torch.Tensor) -> None:
@@ -332,24 +356,35 @@ class TileSurrogate:
         x = torch.as_tensor(x, device=self.device)
         if check:
             self.check_inputs(x)
-        idx = x.to(torch.long)
-        if tiles.all_linear:
-            x_eff = self.lut.index_select(0, idx.reshape(-1)).reshape(idx.shape)
-            d = torch.matmul(x_eff, tiles.w_scaled) + tiles.offset_v[..., None, :]
+        idx = x.to(torch.int32)
+        noisy = generator is not None and read_noise and self.read_noise_s > 0
+        if noisy and self.dtype == torch.float32:
+            # Both columns of lut2 in one 1-D gather: each row's two float32 as one float64.
+            packed = self.lut2.view(torch.float64).reshape(-1)
+            looked = packed.index_select(0, idx.reshape(-1)).view(torch.float32)
+            looked = looked.reshape(*idx.shape, 2)
         else:
-            d = self._exact_planes(idx, tiles)
-        if generator is not None:
-            sigma2 = torch.zeros((), dtype=self.dtype, device=self.device)
-            if read_noise and self.read_noise_s > 0:
+            lut = self.lut2 if noisy else self.lut2[:, 0]
+            looked = lut.index_select(0, idx.reshape(-1)).reshape(*idx.shape, *lut.shape[1:])
+        sigma2: torch.Tensor | float = 0.0
+        if tiles.all_linear and noisy:
+            out = torch.matmul(looked.reshape(*idx.shape[:-1], -1), tiles.w_noise)
+            d = out[..., :-1] + tiles.offset_v[..., None, :]
+            sigma2 = out[..., -1:]
+        elif tiles.all_linear:
+            d = torch.matmul(looked, tiles.w_scaled) + tiles.offset_v[..., None, :]
+        else:
+            d = self._exact_planes(idx.to(torch.long), tiles)
+            if noisy:
                 scale = self.tia_gain_ohm * self.hw.drive.v_read_v * self.read_noise_s
-                q = self.lut_noise.index_select(0, idx.reshape(-1)).reshape(idx.shape)
-                sigma2 = scale ** 2 * q.sum(-1, keepdim=True)
-            if adc_noise and self.adc_noise_v > 0:
-                sigma2 = sigma2 + self.adc_noise_v ** 2
-            if bool(torch.any(sigma2 > 0)):
-                noise = torch.randn(d.shape, generator=generator, dtype=d.dtype,
-                                    device=d.device)
-                d = d + torch.sqrt(sigma2) * noise
+                sigma2 = scale ** 2 * looked[..., 1].sum(-1, keepdim=True)
+        adc = generator is not None and adc_noise and self.adc_noise_v > 0
+        if adc:
+            sigma2 = sigma2 + self.adc_noise_v ** 2
+        if noisy or adc:
+            std = torch.sqrt(torch.as_tensor(sigma2, dtype=d.dtype, device=d.device))
+            noise = torch.randn(d.shape, generator=generator, dtype=d.dtype, device=d.device)
+            d = torch.addcmul(d, std, noise)
         return d
 
     def _exact_planes(self, idx: torch.Tensor, tiles: PreparedTiles) -> torch.Tensor:

@@ -39,7 +39,6 @@ called.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,10 +324,7 @@ class AnalogTiles(nn.Module):
         sliced to the rows and columns the layer uses."""
         if self._prepared is None:
             t = self.chip.reader.prepare(self.conductances())
-            r, c = self._rows_used, 2 * self._pairs_used
-            self._prepared = dataclasses.replace(
-                t, g=t.g[..., :r, :c], w=t.w[..., :r, :c], w_scaled=t.w_scaled[..., :r, :c],
-                offset_v=t.offset_v[..., :c])
+            self._prepared = t.sliced(self._rows_used, 2 * self._pairs_used)
         return self._prepared
 
     def _read_codes(self, q: torch.Tensor) -> torch.Tensor:
