@@ -422,8 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0, help="model initialization and data order")
     tr.add_argument("--chip-seed", type=int, default=0,
                     help="the simulated chip: device-to-device draws and noise")
-    tr.add_argument("--range-margin", type=float, default=1.5,
-                    help="weight range mapped onto the devices, times the initial max |w|")
+    tr.add_argument("--range-margin", type=float, default=3.0,
+                    help="weight range mapped onto the devices, times the initial max |w| "
+                         "(weights trained from scratch grow 2-5x beyond their initial range)")
     tr.add_argument("--no-read-noise", action="store_true", help="noise-free analog reads")
     tr.add_argument("--programming", default="exact",
                     help="exact (write-and-verify on the calibrated pulses, default) or "

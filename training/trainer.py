@@ -75,7 +75,7 @@ class TrainConfig:
     threshold: float = 1.0 / 15.0
     seed: int = 0
     chip_seed: int = 0
-    range_margin: float = 1.5
+    range_margin: float = 3.0
     read_noise: bool = True
     programming: str = "exact"
     test_size: int | None = None
