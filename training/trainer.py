@@ -379,15 +379,18 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
 
 def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None,
              fresh_chip: int | None = None, device: str = "auto",
-             read_noise: bool = True) -> dict[str, Any]:
+             read_noise: bool | None = None) -> dict[str, Any]:
     """Test accuracy of a checkpoint on ``dataset``'s test split (module docstring).
 
     ``table``: the calibration for a ``float`` checkpoint mapped onto a chip, or to find an
     analog checkpoint's table if it moved (its content hash must match). ``fresh_chip``: the
-    seed of a new simulated chip to program the trained weights onto first.
+    seed of a new simulated chip to program the trained weights onto first. ``read_noise``:
+    draw read noise (default: as in training).
     """
     ckpt = load_checkpoint(checkpoint)
     cfg = TrainConfig(**ckpt["config"])
+    if read_noise is None:
+        read_noise = cfg.read_noise
     dev = pick_device(device)
     data = load_dataset(dataset, need_train=False)
     saved_ds = ckpt.get("dataset", {})
