@@ -103,7 +103,11 @@ class StatisticalProgramming:
 
     def program(self, targets: torch.Tensor, devices: Devices, *,
                 generator: torch.Generator) -> _Outcome:
-        k = torch.argmin((targets[:, None] - self.targets[None, :]).abs(), dim=1)
+        # The nearest of the surface's (ascending) targets, without a devices x targets table.
+        hi = torch.clamp(torch.searchsorted(self.targets, targets), 1, self.targets.numel() - 1)
+        lo = hi - 1
+        k = torch.where((targets - self.targets[lo]).abs() <= (self.targets[hi] - targets).abs(),
+                        lo, hi)
         cell = torch.randint(0, self.offsets.shape[1], targets.shape, generator=generator,
                              device=targets.device)
         g = targets + self.offsets[k, cell]
