@@ -338,19 +338,19 @@ class AnalogTiles(nn.Module):
         codes = reader.quantize(d, dtype=torch.float32)
         return codes[..., 0::2] - codes[..., 1::2]
 
-    def _read_codes(self, q: torch.Tensor) -> torch.Tensor:
-        """Codes difference per pair, (tr, tc, B, pairs), for 8-bit inputs ``q`` (tr, B, R).
+    def _read_codes(self, q: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """Codes difference per pair, (tr, tc, B, pairs), for 8-bit inputs ``q`` (tr, B, R);
+        ``active`` (B,) is False for vectors that are zero on every tile row.
 
-        An input vector that is zero on every tile row drives no read pulse: no cell is read
-        (no read noise), and without ADC noise its codes are those of the idle tiles,
-        computed once per programming. Only the other vectors are read (images have many
-        all-zero patches); the result is the same in distribution as reading all of them.
+        Such a vector drives no read pulse: no cell is read (no read noise), and without ADC
+        noise its codes are those of the idle tiles, computed once per programming. Only the
+        other vectors are read (images have many all-zero patches); the result is the same
+        in distribution as reading all of them.
         """
         reader = self.chip.reader
         gen = self.chip.generator if self.chip.read_noise else None
         if gen is not None and reader.adc_noise_v > 0:
             return self._codes(q, gen)
-        active = torch.any(q != 0, dim=-1).any(dim=0)                          # (B,)
         idx = torch.nonzero(active).squeeze(1)
         if idx.numel() > 0.8 * q.shape[1]:
             return self._codes(q, gen)
@@ -366,18 +366,22 @@ class AnalogTiles(nn.Module):
     def _blocks(self, m: torch.Tensor) -> torch.Tensor:
         """(B, in) -> (tile rows, B, rows used), zero-padded."""
         tr, r = self.grid[0], self._rows_used
-        return F.pad(m, (0, tr * r - self.in_features)).reshape(m.shape[0], tr, r)
+        if tr * r != self.in_features:
+            m = F.pad(m, (0, tr * r - self.in_features))
+        return m.reshape(m.shape[0], tr, r)
 
     def analog_partials(self, x: torch.Tensor) -> torch.Tensor:
         """Per-tile partial outputs (tr, tc, B, pairs) of ``x`` (B, in), weight units."""
         chip = self.chip
         top = chip.reader.input_levels - 1
         with torch.no_grad():
-            scale = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)          # (B, 1)
+            peak = x.abs().amax(dim=1, keepdim=True)                           # (B, 1)
+            active = peak[:, 0] > 0
+            scale = peak.clamp_min(1e-30)
             xp = self._blocks(x * (top / scale)).permute(1, 0, 2)              # (tr, B, R)
-            out = self._read_codes(torch.round(torch.clamp(xp, min=0)))
-            if bool(torch.any(xp < 0)):
-                out = out - self._read_codes(torch.round(torch.clamp(-xp, min=0)))
+            out = self._read_codes(torch.round(torch.clamp(xp, min=0)), active)
+            if bool(torch.any(x < 0)):
+                out = out - self._read_codes(torch.round(torch.clamp(-xp, min=0)), active)
             return out * (scale.reshape(1, 1, -1, 1)
                           * (chip.code_to_dot * float(self.w_max)))
 
