@@ -29,7 +29,7 @@ from netlists.array import _pwl_bits, bit_planes, render_tile_deck, render_tile_
 from netlists.config import SolverConfig, preset
 
 
-def _median_time(fn, repeat: int) -> float:
+def median_time(fn, repeat: int) -> float:
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -45,13 +45,13 @@ def bench(rows: int, cols: int, *, runner: Runner, repeat: int) -> dict:
     x1, x2 = rng.integers(0, 256, rows), rng.integers(0, 256, rows)
     solver = SolverConfig()
 
-    t_render = _median_time(lambda: render_tile_deck(hw, states, x1, solver=solver), repeat)
+    t_render = median_time(lambda: render_tile_deck(hw, states, x1, solver=solver), repeat)
     tran_deck = render_tile_deck(hw, states, x1, solver=solver)
     v1 = bit_planes(x1, 8)[7] * hw.drive.v_read_v
     v2 = bit_planes(x2, 8)[7] * hw.drive.v_read_v
     op_deck = render_tile_op_deck(hw, states, v1)
 
-    t_op = _median_time(lambda: runner.run(op_deck, name="bench_op"), repeat)
+    t_op = median_time(lambda: runner.run(op_deck, name="bench_op"), repeat)
     with runner.load(op_deck, name="bench_op_loaded") as loaded:
         loaded.run()
 
@@ -60,9 +60,9 @@ def bench(rows: int, cols: int, *, runner: Runner, repeat: int) -> dict:
             loaded.alter({f"vrow{i}": float((v2 if flip[0] else v1)[i]) for i in range(rows)})
             loaded.run()
 
-        t_op_re = _median_time(op_resolve, repeat)
+        t_op_re = median_time(op_resolve, repeat)
 
-    t_tran = _median_time(lambda: runner.run(tran_deck, name="bench_tran"), 1)
+    t_tran = median_time(lambda: runner.run(tran_deck, name="bench_tran"), 1)
     planes2 = bit_planes(x2, 8)
     with runner.load(tran_deck, name="bench_tran_loaded") as loaded:
         pwl = {}
@@ -70,7 +70,7 @@ def bench(rows: int, cols: int, *, runner: Runner, repeat: int) -> dict:
             text = _pwl_bits(planes2[:, i], hw.drive)
             pwl[f"vrow{i}"] = [float(v) for v in text[text.index("(") + 1:-1].split()]
         loaded.alter(pwl)
-        t_tran_re = _median_time(loaded.run, 1)
+        t_tran_re = median_time(loaded.run, 1)
     return {"tile": f"{rows}x{cols}", "render_s": t_render, "op_s": t_op,
             "op_resolve_s": t_op_re, "tran_s": t_tran, "tran_resolve_s": t_tran_re}
 

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench_spice import median_time
 from calibration.store import Table, open_table
 from calibration.surrogate import TileSurrogate
 
@@ -91,15 +92,6 @@ def interleaved(candidates: dict[str, Callable[[], Any]], *, reference: str,
             for name in names}
 
 
-def _median_time(fn: Callable[[], Any], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _level_map(s: TileSurrogate, rng: np.random.Generator) -> torch.Tensor:
     lo, hi = s.window_s
     levels = np.linspace(lo, hi, LEVELS)
@@ -122,8 +114,8 @@ def bench_geometry(label: str, table: Table, *, rows: int | None, batch: int, re
     prep_repeat = max(3, repeat // 10)
     prep_exact, prep_fast = [], []
     for _ in range(prep_repeat):  # interleaved, like the reads
-        prep_exact.append(_median_time(lambda: s.prepare(g), 1))
-        prep_fast.append(_median_time(lambda: fast.prepare(g), 1))
+        prep_exact.append(median_time(lambda: s.prepare(g), 1))
+        prep_fast.append(median_time(lambda: fast.prepare(g), 1))
     tiles = s.prepare(g)
     path = "shortcut" if tiles.all_linear else "exact"
     forced = {

@@ -856,6 +856,20 @@ class ProgrammingModel:
         self._controllers[key] = found
         return found
 
+    def _inverse(self, t: dict[str, torch.Tensor], level: torch.Tensor) -> torch.Tensor:
+        """The state at which the read interpolation ``_g`` equals ``level`` (S), continued
+        linearly beyond the grid's ends."""
+        g = t["g"].double()
+        k = (torch.searchsorted(g, level.double()) - 1).clamp_(0, self._g_cells - 1)
+        f = (level.double() - g[k]) / (g[k + 1] - g[k])
+        return (self._g0 + (k + f) * self._gdx).to(self.dtype)
+
+    def state_for(self, g: torch.Tensor) -> torch.Tensor:
+        """The state (1e26 m^-3) whose read conductance :meth:`read` gives as ``g`` (S): the
+        inverse of the monotonic read curve (within rounding)."""
+        g = torch.as_tensor(g)
+        return self._inverse(self._tensors(g.device), g)
+
     def _state_at(self, t: dict[str, torch.Tensor], level: torch.Tensor, low: torch.Tensor,
                   high: torch.Tensor) -> torch.Tensor:
         """For each ``level`` (S) the lowest state ``s`` in ``[low, next float above high]``
@@ -866,11 +880,8 @@ class ProgrammingModel:
         ``g_k + f (g_(k+1) - g_k)`` rounds monotonically in ``f`` and cannot pass
         ``g_(k+1)``. So the inverse of the interpolation, moved by whole ulps until it is
         the lowest such number, decides a verify read as the read itself does."""
-        g = t["g"].double()
-        k = (torch.searchsorted(g, level.double()) - 1).clamp_(0, self._g_cells - 1)
-        f = (level.double() - g[k]) / (g[k + 1] - g[k])
         top = torch.nextafter(high, t["inf"])
-        n = torch.clamp((self._g0 + (k + f) * self._gdx).to(self.dtype), low, top)
+        n = torch.clamp(self._inverse(t, level), low, top)
         # the inverse errs by the rounding of g alone: 8 ulps at most on the chip and tiny
         # tables, float32 and float64
         for _ in range(_ULP_STEPS):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from calibration.base import SurfaceData
-from calibration.store import open_table
+from calibration.store import atomic_write, open_table
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "save_png"]
 
 
 def _family(n: int, most: int = 8) -> list[int]:
@@ -139,10 +140,7 @@ def write_report(table: str | Path, out_dir: str | Path) -> list[Path]:
         view = _VIEWS.get(name)
         if view is not None and view[0] in surface.datasets:
             fig = view[1](plt, surface, f"{name} — {tab.path.name}")
-            path = out / f"{name}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            written.append(path)
+            written.append(save_png(fig, out / f"{name}.png", dpi=110))
             continue
         names = _summaries(surface)
         cols = min(3, max(1, len(names)))
@@ -154,8 +152,16 @@ def write_report(table: str | Path, out_dir: str | Path) -> list[Path]:
             ax.axis("off")
         fig.suptitle(f"{name} — {tab.path.name}", fontsize=11)
         fig.tight_layout(rect=(0, 0, 1, 0.97))
-        path = out / f"{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_png(fig, out / f"{name}.png", dpi=110))
     return written
+
+
+def save_png(fig: Any, path: Path | str, *, dpi: int = 120) -> Path:
+    """Write ``fig`` to ``path`` as PNG atomically (folders made as needed) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    plt.close(fig)
+    return path

@@ -235,7 +235,7 @@ def plot_validation(result: ValidationResult, path: Path | str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from calibration.store import atomic_write
+    from calibration.report import save_png
 
     path = Path(path)
     lsb = result.lsb_v
@@ -253,7 +253,4 @@ def plot_validation(result: ValidationResult, path: Path | str) -> Path:
     ax2.set(xlabel="ngspice D, LSB", ylabel="surrogate - ngspice, LSB",
             title=f"{len(result.cases)} cases, {result.spice_v.shape[1]} columns each")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

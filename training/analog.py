@@ -87,19 +87,7 @@ class StatisticalProgramming:
         self.offsets = reached - self.targets[:, None]                       # (targets, cells)
         self.pulses = torch.as_tensor(wv.datasets["pulses"].data, device=dev)
         self.success = torch.as_tensor(wv.datasets["success"].data, device=dev).bool()
-        hw = programmer.hw
-        lo, hi = hw.device.n_min * 0.8, hw.device.n_max * 1.2
-        n = torch.linspace(lo, hi, 4097, device=dev, dtype=dt)
-        self._n = n
-        self._g = programmer.read(n, Devices.nominal(n.shape, device=dev, dtype=dt))
         self.programmer = programmer
-
-    def state_for(self, g: torch.Tensor) -> torch.Tensor:
-        """The state whose read conductance is ``g`` (inverse of the monotonic g(N))."""
-        i = torch.clamp(torch.searchsorted(self._g, g), 1, self._g.numel() - 1)
-        g0, g1 = self._g[i - 1], self._g[i]
-        frac = torch.clamp((g - g0) / (g1 - g0), 0.0, 1.0)
-        return self._n[i - 1] + frac * (self._n[i] - self._n[i - 1])
 
     def program(self, targets: torch.Tensor, devices: Devices, *,
                 generator: torch.Generator) -> _Outcome:
@@ -111,7 +99,7 @@ class StatisticalProgramming:
         cell = torch.randint(0, self.offsets.shape[1], targets.shape, generator=generator,
                              device=targets.device)
         g = targets + self.offsets[k, cell]
-        n = self.state_for(g)
+        n = self.programmer.state_for(g)
         d = self.programmer.hw.device
         n = torch.minimum(torch.maximum(n, d.n_min * devices.wd), d.n_max * devices.wd)
         return _Outcome(state=n, pulses=self.pulses[k, cell], success=self.success[k, cell])

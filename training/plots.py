@@ -7,18 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from calibration.store import atomic_write
+from calibration.report import save_png
 
 __all__ = ["plot_run"]
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    return path
 
 
 def plot_run(result: Any, folder: Path | str) -> list[Path]:
@@ -41,7 +32,7 @@ def plot_run(result: Any, folder: Path | str) -> list[Path]:
     ax2.set(xlabel="epoch", ylabel="accuracy, %", title=cfg.dataset)
     ax2.legend()
     fig.tight_layout()
-    paths = [_save(fig, folder / "curves.png")]
+    paths = [save_png(fig, folder / "curves.png")]
     if result.device_writes:
         layers = list(result.device_writes.items())
         fig, axes = plt.subplots(1, len(layers), figsize=(4 * len(layers), 3.5), squeeze=False)
@@ -52,5 +43,5 @@ def plot_run(result: Any, folder: Path | str) -> list[Path]:
                    title=f"{name}\nmean {c.mean():.2f}, max {c.max()}")
             ax.set_yscale("log")
         fig.tight_layout()
-        paths.append(_save(fig, folder / "writes.png"))
+        paths.append(save_png(fig, folder / "writes.png"))
     return paths

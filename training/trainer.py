@@ -210,6 +210,12 @@ def accuracy(model: nn.Module, split: Any, *, batch_size: int = 256,
     return correct / len(split)
 
 
+def _chip(cfg: TrainConfig, table: Table, seed: int, device: torch.device,
+          read_noise: bool) -> AnalogChip:
+    return AnalogChip(table, seed=seed, device=device, read_noise=read_noise,
+                      programming=cfg.programming)
+
+
 def _build(cfg: TrainConfig, data: Dataset, device: torch.device, table: Table | None
            ) -> tuple[nn.Module, AnalogChip | None]:
     torch.manual_seed(cfg.seed)
@@ -219,8 +225,7 @@ def _build(cfg: TrainConfig, data: Dataset, device: torch.device, table: Table |
     if cfg.analog:
         if table is None:
             raise ConfigError(f"mode {cfg.mode!r} needs a calibration table")
-        chip = AnalogChip(table, seed=cfg.chip_seed, device=device, read_noise=cfg.read_noise,
-                          programming=cfg.programming)
+        chip = _chip(cfg, table, cfg.chip_seed, device, cfg.read_noise)
         from_digital(model, chip, range_margin=cfg.range_margin)
     return model, chip
 
@@ -413,15 +418,13 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
                                     "pass it with --table (same content hash)")
             table = open_table(path)
         _check_table(ckpt, table)
-        chip = AnalogChip(table, seed=cfg.chip_seed, device=dev, read_noise=read_noise,
-                          programming=cfg.programming)
+        chip = _chip(cfg, table, cfg.chip_seed, dev, read_noise)
         from_digital(model, chip, range_margin=cfg.range_margin)
         model.load_state_dict(ckpt["model"])
         for _, layer in analog_layers(model):
             layer._prepared = None
         if fresh_chip is not None:
-            fresh = AnalogChip(table, seed=fresh_chip, device=dev, read_noise=read_noise,
-                               programming=cfg.programming)
+            fresh = _chip(cfg, table, fresh_chip, dev, read_noise)
             for _, layer in analog_layers(model):
                 layer.reprogram_fresh(fresh)
     else:
@@ -430,8 +433,7 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
             if table is None:
                 raise ConfigError("a float checkpoint needs a calibration table (--table or "
                                   "--preset) to be programmed onto a chip")
-            chip = AnalogChip(table, seed=fresh_chip, device=dev, read_noise=read_noise,
-                              programming=cfg.programming)
+            chip = _chip(cfg, table, fresh_chip, dev, read_noise)
             from_digital(model, chip, range_margin=1.0)
     result["test_accuracy"] = accuracy(model, data.test, device=dev)
     if table is not None:
