@@ -46,6 +46,7 @@ table's ``noise_v_rms``, added to ``D`` before the conversion.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,20 @@ def _line_loss(cur: torch.Tensor, r: tuple[float, float, float, float]) -> torch
     col_seg = torch.cumsum(cur, -2)
     return (r_drv * row_seg[..., :1] + r_row * torch.cumsum(row_seg, -1)
             + r_vg * col_seg[..., -1:, :] + r_col * _rev_cumsum(col_seg, -2))
+
+
+@functools.lru_cache(maxsize=16)
+def _line_matrices(r: tuple[float, float, float, float], rows: int, cols: int,
+                   dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, B)`` with ``line_loss(c) = c @ A + B @ c`` for currents ``c`` (..., rows,
+    cols): ``A[j', j] = r_drv + r_row (min(j, j') + 1)``, ``B[k, i] = r_vg + r_col (rows -
+    max(i, k))`` (the segments two cells share on their row, on their column)."""
+    r_drv, r_row, r_col, r_vg = r
+    j = torch.arange(cols, dtype=dtype, device=device)
+    k = torch.arange(rows, dtype=dtype, device=device)
+    along_row = r_drv + r_row * (torch.minimum(j[:, None], j[None, :]) + 1.0)
+    along_col = r_vg + r_col * (rows - torch.maximum(k[:, None], k[None, :]))
+    return along_row, along_col
 
 
 def _unit_responses(g: torch.Tensor, r: tuple[float, float, float, float],
@@ -105,19 +120,16 @@ def effective_conductance(g: torch.Tensor, coefficients: Any, *, iterations: int
             return torch.swapaxes(torch.flip(wt, (-2, -1)), -1, -2)
         return _unit_responses(g, r, iterations)
     if method == "fast":
-        r_drv, r_row, r_col, r_vg = r
-        rho = torch.clamp(torch.amax(_line_loss(g, r), dim=(-2, -1)), min=0.0)
-        w = (2.0 / (2.0 + rho))[..., None, None]
-        dist = (rows - torch.arange(rows, dtype=g.dtype, device=g.device))[:, None]
-        out = g.clone()
+        # The line loss is linear in the currents along each line: with the row and column
+        # sums written as matrices (calibration.irdrop's dR and dC), one iteration is two
+        # small GEMMs and an update, whatever the number of tiles.
+        along_row, along_col = _line_matrices(r, rows, cols, g.dtype, g.device)
+        rho = torch.amax(torch.matmul(g, along_row) + torch.matmul(along_col, g), dim=(-2, -1))
+        w = (2.0 / (2.0 + torch.clamp(rho, min=0.0)))[..., None, None]
+        out = g
         for _ in range(iterations):
-            row_seg = _rev_cumsum(out, -1)
-            d_row = r_drv * row_seg[..., :1] + r_row * torch.cumsum(row_seg, -1)
-            weighted = out * dist
-            d_col = (r_vg * out.sum(-2, keepdim=True)
-                     + r_col * (dist * torch.cumsum(out, -2) + _rev_cumsum(weighted, -2)
-                                - weighted))
-            out = out + w * (g * (1.0 - d_row - d_col) - out)
+            loss = torch.matmul(out, along_row).add_(torch.matmul(along_col, out))
+            out = torch.lerp(out, loss.neg_().add_(1.0).mul_(g), w)
         return out
     raise ConfigError(f"method = {method!r} is not allowed: choose one of {list(_METHODS)}")
 
@@ -144,6 +156,16 @@ class PreparedTiles:
     @property
     def all_linear(self) -> bool:
         return bool(torch.all(self.linear))
+
+    def columns(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The operands of :meth:`TileSurrogate.analog_columns`: ``weights`` (..., M + 1, N),
+        ``w_scaled`` transposed with the read-noise variance per unit of the noise lookup
+        as its last row, and ``offset`` (..., M, 1)."""
+        n, m = self.w_scaled.shape[-2:]
+        weights = self.w_noise.new_empty((*self.w_scaled.shape[:-2], m + 1, n))
+        weights[..., :m, :] = self.w_scaled.transpose(-1, -2)
+        weights[..., m, :] = self.w_noise[..., 1:2, -1]
+        return weights, self.offset_v[..., None]
 
     def sliced(self, rows: int, cols: int) -> "PreparedTiles":
         """The same tiles read on their first ``rows`` rows and ``cols`` columns only (exact:
@@ -358,14 +380,7 @@ class TileSurrogate:
             self.check_inputs(x)
         idx = x.to(torch.int32)
         noisy = generator is not None and read_noise and self.read_noise_s > 0
-        if noisy and self.dtype == torch.float32:
-            # Both columns of lut2 in one 1-D gather: each row's two float32 as one float64.
-            packed = self.lut2.view(torch.float64).reshape(-1)
-            looked = packed.index_select(0, idx.reshape(-1)).view(torch.float32)
-            looked = looked.reshape(*idx.shape, 2)
-        else:
-            lut = self.lut2 if noisy else self.lut2[:, 0]
-            looked = lut.index_select(0, idx.reshape(-1)).reshape(*idx.shape, *lut.shape[1:])
+        looked = self._look_up(idx, noisy)
         sigma2: torch.Tensor | float = 0.0
         if tiles.all_linear and noisy:
             out = torch.matmul(looked.reshape(*idx.shape[:-1], -1), tiles.w_noise)
@@ -378,13 +393,79 @@ class TileSurrogate:
             if noisy:
                 scale = self.tia_gain_ohm * self.hw.drive.v_read_v * self.read_noise_s
                 sigma2 = scale ** 2 * looked[..., 1].sum(-1, keepdim=True)
+        return self._add_noise(d, sigma2, generator, noisy, adc_noise)
+
+    def analog_columns(self, xt: torch.Tensor, weights: torch.Tensor, offset: torch.Tensor,
+                       *, generator: torch.Generator | None = None, read_noise: bool = True,
+                       adc_noise: bool = True, check: bool = True) -> torch.Tensor:
+        """:meth:`analog` with the input vectors along the LAST axis: ``D`` (..., M, B) for
+        inputs ``xt`` (..., N, B), on the shortcut (tiles with ``all_linear`` only).
+
+        ``weights`` (..., M + 1, N) and ``offset`` (..., M, 1) come from
+        :meth:`PreparedTiles.columns`; tiles that share their inputs may be stacked along
+        M (their rows first, one noise row last). The layout of unfolded convolutions: the
+        per-vector reductions and broadcasts run along contiguous memory.
+        """
+        return self._columns(xt, weights, offset, 1.0, 0.0, generator=generator,
+                             read_noise=read_noise, adc_noise=adc_noise, check=check)
+
+    def codes_columns(self, xt: torch.Tensor, weights: torch.Tensor, offset: torch.Tensor,
+                      *, generator: torch.Generator | None = None, read_noise: bool = True,
+                      adc_noise: bool = True, check: bool = True) -> torch.Tensor:
+        """The ADC codes (float, ..., M, B) of :meth:`analog_columns`' read: ``quantize``
+        of it. With the ideal uniform transition levels the conversion to LSB units is folded
+        into the (small) operands, so that the codes come out of the read's own tensor."""
+        if not self._uniform_adc:
+            return self.quantize(self.analog_columns(
+                xt, weights, offset, generator=generator, read_noise=read_noise,
+                adc_noise=adc_noise, check=check), dtype=weights.dtype)
+        d = self._columns(xt, weights, offset, 1.0 / self.lsb_v, 0.5, generator=generator,
+                          read_noise=read_noise, adc_noise=adc_noise, check=check)
+        return d.floor_().clamp_(0, 2 ** self.hw.adc.bits - 1)
+
+    def _columns(self, xt: torch.Tensor, weights: torch.Tensor, offset: torch.Tensor,
+                 scale: float, shift: float, *, generator: torch.Generator | None,
+                 read_noise: bool, adc_noise: bool, check: bool) -> torch.Tensor:
+        """``D * scale + shift`` of :meth:`analog_columns`, noise included."""
+        xt = torch.as_tensor(xt, device=self.device)
+        if check:
+            self.check_inputs(xt)
+        idx = xt.to(torch.int32)
+        noisy = generator is not None and read_noise and self.read_noise_s > 0
+        m = weights.shape[-2] - 1
+        w = weights[..., :m, :] * scale if scale != 1.0 else weights[..., :m, :]
+        sigma2: torch.Tensor | float = 0.0
+        if noisy:
+            looked = self._look_up(idx, True)                             # (..., N, B, 2)
+            d = torch.matmul(w, looked[..., 0])
+            sigma2 = torch.matmul(weights[..., m:, :], looked[..., 1]).mul_(scale ** 2)
+        else:
+            d = torch.matmul(w, self._look_up(idx, False))
+        d += offset * scale + shift if (scale != 1.0 or shift) else offset
+        return self._add_noise(d, sigma2, generator, noisy, adc_noise, scale)
+
+    def _look_up(self, idx: torch.Tensor, both: bool) -> torch.Tensor:
+        """``lut2[idx]`` (idx.shape + (2,)) with ``both``, else ``lut[idx]``."""
+        if both and self.dtype == torch.float32:
+            # Both columns of lut2 in one 1-D gather: each row's two float32 as one float64.
+            packed = self.lut2.view(torch.float64).reshape(-1)
+            looked = packed.index_select(0, idx.reshape(-1)).view(torch.float32)
+            return looked.reshape(*idx.shape, 2)
+        lut = self.lut2 if both else self.lut2[:, 0]
+        return lut.index_select(0, idx.reshape(-1)).reshape(*idx.shape, *lut.shape[1:])
+
+    def _add_noise(self, d: torch.Tensor, sigma2: torch.Tensor | float,
+                   generator: torch.Generator | None, noisy: bool, adc_noise: bool,
+                   scale: float = 1.0) -> torch.Tensor:
+        """``d`` (in place) plus its read noise (variance ``sigma2``) and ADC noise draws,
+        all in the units of ``scale`` V."""
         adc = generator is not None and adc_noise and self.adc_noise_v > 0
         if adc:
-            sigma2 = sigma2 + self.adc_noise_v ** 2
+            sigma2 = sigma2 + (self.adc_noise_v * scale) ** 2
         if noisy or adc:
             std = torch.sqrt(torch.as_tensor(sigma2, dtype=d.dtype, device=d.device))
             noise = torch.randn(d.shape, generator=generator, dtype=d.dtype, device=d.device)
-            d = torch.addcmul(d, std, noise)
+            d.addcmul_(std, noise)
         return d
 
     def _exact_planes(self, idx: torch.Tensor, tiles: PreparedTiles) -> torch.Tensor:

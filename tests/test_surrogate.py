@@ -19,7 +19,7 @@ import torch
 
 from calibration import irdrop
 from calibration.store import Table, open_table
-from calibration.surrogate import TileSurrogate, effective_conductance
+from calibration.surrogate import PreparedTiles, TileSurrogate, effective_conductance
 from calibration.validate import validate
 from netlists.config import preset
 from netlists.errors import ConfigError, TableError
@@ -176,7 +176,7 @@ def test_torch_effective_conductance_equals_numpy(method, shape):
     want = irdrop.effective_conductance(g, COEFFS, iterations=8, method=method)
     got = effective_conductance(torch.as_tensor(g), COEFFS, iterations=8, method=method)
     assert got.dtype == torch.float64 and tuple(got.shape) == shape
-    # Same operations in the same order, both float64: equal to rounding.
+    # The same sums (the fast method's as matrix products), both float64: equal to rounding.
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=0.0)
     assert np.max(np.abs(want / g - 1)) > 0.01, "the network must matter in this test"
     got32 = effective_conductance(torch.as_tensor(g, dtype=torch.float32), COEFFS,
@@ -324,6 +324,53 @@ def test_noise_has_the_documented_spread(table, surrogate):
     assert float(both.std()) == pytest.approx(np.hypot(sigma, adc), rel=0.03)
     only = noisy.analog(xs, tiles, generator=_gen(19), read_noise=False) - quiet
     assert float(only.std()) == pytest.approx(adc, rel=0.03)
+
+
+@pytest.mark.spice
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_column_read_is_the_read_transposed(table, dtype):
+    """``analog_columns`` takes the vectors along the last axis, with tile columns stacked
+    along M; noise-free it is ``analog`` transposed, and ``codes_columns`` its codes."""
+    s = TileSurrogate(table, dtype=dtype)
+    tiles = s.prepare(_tiles(s, 3, seed=21))                       # (3, N, M)
+    x = _inputs(s, 40, seed=22, lead=(3,))                         # (3, B, N)
+    weights, offset = tiles.columns()
+    assert weights.shape == (3, s.cols + 1, s.rows) and offset.shape == (3, s.cols, 1)
+    want = s.analog(x, tiles)                                      # (3, B, M)
+    got = s.analog_columns(x.transpose(1, 2), weights, offset)    # (3, M, B)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(got.transpose(1, 2), want, rtol=tol, atol=tol * s.lsb_v)
+    codes = s.codes_columns(x.transpose(1, 2), weights, offset)
+    assert codes.dtype == dtype
+    # equal but where D lies within rounding of a transition level
+    assert int((codes.transpose(1, 2) != s.quantize(want, dtype=dtype)).sum()) <= 2
+    # tiles 0 and 1 sharing the inputs of tile 0, stacked along M
+    pair = PreparedTiles(*(getattr(tiles, f.name)[:2] for f in dataclasses.fields(tiles)))
+    stacked = torch.cat([weights[0, :-1], weights[1]])
+    both = s.analog_columns(x[0].T, stacked, torch.cat([offset[0], offset[1]]))
+    each = s.analog(x[0].expand(2, -1, -1), pair)                    # (2, B, M)
+    assert torch.allclose(both, torch.cat([each[0].T, each[1].T]), rtol=tol,
+                          atol=tol * s.lsb_v)
+    with pytest.raises(ConfigError):
+        s.analog_columns(torch.full((s.rows, 2), 256.0, dtype=dtype), weights[0], offset[0])
+
+
+@pytest.mark.spice
+def test_the_column_read_draws_the_documented_noise(table, surrogate):
+    draws = 4096
+    tiles = surrogate.prepare(_tiles(surrogate, None, seed=23))
+    x = torch.randint(0, 256, (surrogate.rows,), generator=_gen(24)).double()
+    xt = x[:, None].expand(-1, draws)
+    weights, offset = tiles.columns()
+    quiet = surrogate.analog_columns(xt, weights, offset)
+    noise = surrogate.analog_columns(xt, weights, offset, generator=_gen(25)) - quiet
+    sigma = _read_noise_sigma_v(table, surrogate, x.numpy())
+    assert float(noise.std()) == pytest.approx(sigma, rel=0.03)
+    again = surrogate.analog_columns(xt, weights, offset, generator=_gen(25)) - quiet
+    assert torch.equal(noise, again)
+    # the codes come from the same draws
+    codes = surrogate.codes_columns(xt, weights, offset, generator=_gen(25))
+    assert int((codes != surrogate.quantize(quiet + noise, dtype=codes.dtype)).sum()) <= 2
 
 
 # ---- bad input -----------------------------------------------------------------------------
