@@ -174,6 +174,9 @@ _MAX_PULSES = 1 << 16
 _CONTROLLERS_KEPT = 8
 #: Most ulps by which _state_at corrects the inverse of the read interpolation.
 _ULP_STEPS = 256
+#: Most devices whose pulse loop runs in numpy (on the CPU); more run as torch operations,
+#: which cost more per call but less per device.
+_HOST_DEVICES = 4096
 
 
 @dataclass(frozen=True)
@@ -957,6 +960,9 @@ class ProgrammingModel:
             read = n
         order = (bounds[:, 0] <= bounds[:, 2]).long() + (bounds[:, 1] <= bounds[:, 2]).long()
         bounds = bounds.sort(dim=1, stable=True).values
+        if device.type == "cpu" and local and count <= _HOST_DEVICES:
+            return self._run_host(t, ctl, fixed, bounds, order, n, read, generator,
+                                  noisy=noisy, limit=limit)
         pos = torch.arange(count, device=device)
         counts = torch.zeros(count, dtype=torch.int64, device=device)  # packed
         rows: list[torch.Tensor] = []
@@ -1004,3 +1010,108 @@ class ProgrammingModel:
         out_n[pos], out_read[pos], out_counts[pos] = n, read, counts
         g = out_read if noisy else self._g(t, out_n)
         return out_n, g, ctl.unpack(out_counts)
+
+    def _run_host(self, t: dict[str, torch.Tensor], ctl: _Controller, fixed: torch.Tensor,
+                  bounds: torch.Tensor, order: torch.Tensor, n: torch.Tensor,
+                  read: torch.Tensor, generator: torch.Generator, *, noisy: bool,
+                  limit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_run`'s pulse loop in numpy, for few devices on the CPU.
+
+        A training step writes some tens of devices, for which a torch operation costs
+        several times its arithmetic; a numpy one costs a third of that. Same loop, same
+        draws (the generator's, in the same order), same arithmetic in the same order
+        (the exponential through torch's own kernel): the same results bit for bit, which
+        the tests check against the step-by-step controller."""
+        dtype = np.dtype(str(self.dtype).removeprefix("torch."))
+        num = {k: t[k].numpy() for k in ("s0", "s_scale", "inv_n_max", "n_min", "one", "c2c",
+                                         "noise")}
+        coef, g_cell = np.ascontiguousarray(t["coef"].numpy().T), t["g_cell"].numpy()
+        states = t["states"].numpy()
+        base_tab, fa_tab, sign_tab, set_tab = (np.ascontiguousarray(c)
+                                               for c in ctl.pulse.numpy().T)
+        following = ctl.following.numpy()
+        counts_tab = ctl.counts.numpy()
+        d = self.hw.device
+        g0, gdx = dtype.type(self._g0), dtype.type(self._gdx)
+        zero = np.zeros((), dtype=dtype)
+
+        def randn(size: int) -> np.ndarray:
+            return torch.randn(size, generator=generator, dtype=self.dtype).numpy()
+
+        def conductance(m: np.ndarray) -> np.ndarray:                     # _g
+            x = (m - g0) / gdx
+            i = np.minimum(np.maximum(np.floor(x), 0), self._g_cells - 1)
+            node = g_cell[i.astype(np.intp)]
+            return (x - i) * node[:, 1] + node[:, 0]
+
+        def cell(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:          # _cell
+            if self._state_uniform:
+                y = (u - num["s0"]) * num["s_scale"]
+                js = np.minimum(np.maximum(np.floor(y), 0), self._ns - 2)
+                return js, np.minimum(np.maximum(y - js, 0), 1)
+            k = np.minimum(np.maximum(np.searchsorted(states, u, side="right") - 1, 0),
+                           self._ns - 2)
+            fs = np.minimum(np.maximum((u - states[k]) / (states[k + 1] - states[k]), 0), 1)
+            return k.astype(dtype), fs
+
+        def power(x: np.ndarray, p: float) -> np.ndarray:
+            return x * x if p == 2 else x if p == 1 else torch.from_numpy(x).pow_(p).numpy()
+
+        def magnitude(row: np.ndarray, fa: np.ndarray, fs: np.ndarray, is_set: np.ndarray,
+                      u: np.ndarray, ln_k: np.ndarray) -> np.ndarray:  # _magnitude, _window
+            c = coef.take(row, axis=1)                     # (8, n): rows contiguous
+            d0 = ((fs * c[6] + c[2]) * fa + c[0]) + fs * c[4]
+            d1 = ((fs * c[7] + c[3]) * fa + c[1]) + fs * c[5]
+            rate = torch.from_numpy(d1 * ln_k + d0).exp_().numpy()
+            for_set = power(u * num["inv_n_max"], d.p_window_set)
+            for_reset = power(np.reciprocal(u) * num["n_min"], d.p_window_reset)
+            w = num["one"] - np.where(is_set != 0, for_set, for_reset)
+            return rate * np.maximum(w, zero)
+
+        count = n.numel()
+        n_lo, n_hi, wd, ln_kd = (v.numpy() for v in fixed.unbind(0))
+        n = n.numpy().copy()
+        read = read.numpy().copy() if noisy else n
+        bounds = bounds.numpy()
+        code = ctl.start + 4 * order.numpy()
+        counts = np.zeros(count, dtype=np.int64)                        # packed
+
+        def decide() -> np.ndarray:
+            row = code + (bounds <= read[:, None]).sum(1)
+            counts.__iadd__(counts_tab[row])
+            return following[row]
+
+        code = decide()
+        pos = np.arange(count)
+        out_n, out_read = np.empty_like(n), np.empty_like(n)
+        out_counts = np.empty_like(counts)
+        for _ in range(limit + 1):
+            active = code < ctl.done
+            n_active = int(np.count_nonzero(active))
+            if n_active == 0:
+                break
+            if 2 * n_active <= active.size:
+                gone = ~active
+                at = pos[gone]
+                out_n[at], out_read[at], out_counts[at] = n[gone], read[gone], counts[gone]
+                pos, n, read, code, bounds, counts = (v[active] for v in (pos, n, read, code,
+                                                                          bounds, counts))
+                n_lo, n_hi, wd, ln_kd = (v[active] for v in (n_lo, n_hi, wd, ln_kd))
+                active = active[active]
+            ln_k = randn(code.size) * num["c2c"] + ln_kd
+            u = n / wd
+            js, fs = cell(u)
+            row = (base_tab[code] + js).astype(np.int64)
+            mag = magnitude(row, fa_tab[code], fs, set_tab[code], u, ln_k)
+            n = np.minimum(np.maximum(n + mag * sign_tab[code], n_lo), n_hi)
+            if noisy:
+                read = np.where(active, conductance(n) + num["noise"] * randn(n.size), read)
+            else:
+                read = n
+            code = decide()
+        else:  # the caps bound every device's pulses by `limit`: this is never reached
+            raise RuntimeError("write-and-verify did not finish within its pulse caps")
+        out_n[pos], out_read[pos], out_counts[pos] = n, read, counts
+        state = torch.from_numpy(out_n)
+        g = torch.from_numpy(out_read) if noisy else self._g(t, state.clone())
+        return state, g, ctl.unpack(torch.from_numpy(out_counts))

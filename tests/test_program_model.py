@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from calibration import program_model
 from calibration.program_model import Devices, ProgrammingModel, ProgramResult
 from calibration.store import Table, open_table
 from circuitsim.write_verify import write_verify
@@ -423,10 +424,15 @@ def _stepwise(model: ProgrammingModel, targets: torch.Tensor, devices: Devices, 
 
 @pytest.mark.parametrize("dtype, read_noise", [(torch.float32, False), (torch.float32, True),
                                                (torch.float64, False)])
-def test_program_is_the_stepwise_controller_bit_for_bit(table, dtype, read_noise):
+@pytest.mark.parametrize("loop", ["numpy", "torch"])
+def test_program_is_the_stepwise_controller_bit_for_bit(table, dtype, read_noise, loop,
+                                                        monkeypatch):
     # program runs the controller as table lookups, counts its rows in batches and, without
     # read noise, judges a read on the state; it must still make every decision, draw and
-    # rounding of the plain step-by-step controller
+    # rounding of the plain step-by-step controller, in its numpy loop (few devices on the
+    # CPU) and in its torch one
+    if loop == "torch":
+        monkeypatch.setattr(program_model, "_HOST_DEVICES", 0)
     model = ProgrammingModel.from_table(table, dtype=dtype)
     gen = _gen(12)
     count = 300
