@@ -11,6 +11,7 @@ import json
 import struct
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,106 @@ def test_straight_through_gradients(table):
     assert torch.allclose(layer.tiles.weight.grad, c.T @ x.detach(), atol=1e-5)
     assert torch.allclose(x.grad, c @ w, atol=1e-5)
     assert layer.tiles.tile_scale.grad is not None and layer.bias.grad is not None
+
+
+def _tile_by_tile(tiles, x: torch.Tensor) -> torch.Tensor:
+    """The layer's analog result computed tile after tile through ``TileSurrogate.read``
+    (the validated read, vectors first), independently of the layer's batched read."""
+    chip, reader = tiles.chip, tiles.chip.reader
+    top = reader.input_levels - 1
+    full = reader.prepare(tiles.conductances())
+    peak = x.abs().amax(dim=1, keepdim=True)
+    scale = top / peak.clamp_min(1e-30)
+    r, c = chip.rows, chip.cols
+    y = torch.zeros(x.shape[0], tiles.grid[1] * chip.pairs, dtype=torch.float64)
+    for t in range(tiles.grid[0]):
+        part = torch.zeros(x.shape[0], r)
+        block = x[:, t * r:(t + 1) * r]
+        part[:, :block.shape[1]] = block
+        for k in range(tiles.grid[1]):
+            one = type(full)(*(getattr(full, f.name)[t, k] for f in fields(full)))
+            total = 0
+            for sign in (1, -1):
+                q = torch.floor(torch.clamp(sign * part * scale, min=0) + 0.5)
+                codes = reader.read(q, one).codes.double()
+                total = total + sign * (codes[:, 0::2] - codes[:, 1::2])
+            y[:, k * chip.pairs:(k + 1) * chip.pairs] += total * float(tiles.tile_scale.detach()[t, k])
+    unit = chip.code_to_dot * float(tiles.w_max)
+    return (y[:, :tiles.out_features] * peak.double() * unit).float()
+
+
+def test_the_batched_read_is_the_tile_by_tile_read(table):
+    chip = _chip(table)
+    torch.manual_seed(4)
+    tiles = AnalogLinear(19, 11, chip=chip).tiles                # 3 x 3 tiles of 8 x 8
+    with torch.no_grad():
+        tiles.tile_scale.copy_(torch.linspace(0.6, 1.4, 9).view(3, 3))
+    x = torch.randn(40, 19)
+    x[3] = 0.0                                                    # a vector with no input
+    x[5, :8] = 0.0                                                # none on one tile row
+    x[7] = x[7].abs()
+    got = tiles.analog(x)
+    want = _tile_by_tile(tiles, x)
+    assert torch.equal(got[3], torch.zeros(11))
+    unit = chip.code_to_dot * float(tiles.w_max) * x.abs().amax(dim=1, keepdim=True)
+    unit = unit.clamp_min(1e-9)
+    err = ((got - want) / unit).abs()
+    # the same codes, but where a D lies within rounding of a transition level
+    assert float(err.max()) <= 3 * 1.4 + 1e-3 and int((err > 1e-3).sum()) <= 2
+    # mostly zero inputs take the compacted read: the same results
+    sparse = torch.zeros(40, 19)
+    sparse[::9] = x[::9]
+    err = ((tiles.analog(sparse) - _tile_by_tile(tiles, sparse)) / unit).abs()
+    assert int((err > 1e-3).sum()) <= 2 and torch.equal(tiles.analog(sparse)[1], torch.zeros(11))
+
+
+def test_writes_prepare_again_only_the_tiles_they_touch(table):
+    chip = _chip(table)
+    torch.manual_seed(5)
+    tiles = AnalogLinear(19, 11, chip=chip).tiles
+    tiles.analog(torch.rand(4, 19))                               # prepared in full
+    before = tiles._prepared.w.clone()
+    w = tiles.weight.detach().clone()
+    w[0, 0] += 0.3 * float(tiles.w_max)                           # tile (0, 0) only
+    pairs = torch.zeros_like(w, dtype=torch.bool)
+    pairs[0, 0] = True
+    assert tiles.program(w, pairs=pairs).devices >= 1
+    fresh = chip.reader.prepare(tiles.conductances())
+    kept = tiles._prepared
+    for f in fields(fresh):
+        assert torch.allclose(getattr(kept, f.name).float(), getattr(fresh, f.name).float(),
+                              rtol=1e-6, atol=0), f.name
+    assert not torch.equal(kept.w[0, 0], before[0, 0])
+    assert torch.equal(kept.w[1:], before[1:]) and torch.equal(kept.w[0, 1:], before[0, 1:])
+
+
+@pytest.mark.parametrize("geometry", [dict(), dict(stride=2, padding=1),
+                                      dict(stride=(1, 2), padding=(2, 1), dilation=2)])
+def test_conv_reads_every_patch_and_differentiates_the_digital_conv(table, geometry):
+    chip = _chip(table)
+    torch.manual_seed(6)
+    conv = AnalogConv2d(3, 5, 3, chip=chip, **geometry)
+    ref = nn.Conv2d(3, 5, 3, **geometry)
+    x = torch.randn(2, 3, 9, 11, requires_grad=True)
+    cols = nn.functional.unfold(x.detach(), 3, dilation=ref.dilation, padding=ref.padding,
+                                stride=ref.stride)                   # (B, CKK, L)
+    assert torch.equal(conv.patches(x.detach()), cols.permute(1, 0, 2).reshape(27, -1))
+    y = conv(x)
+    b, _, oh, ow = y.shape
+    assert (oh, ow) == ref(x).shape[2:]
+    flat = conv.tiles.analog(cols.transpose(1, 2).reshape(-1, 27))
+    assert torch.equal(y.detach() - conv.bias.detach()[:, None, None],
+                       flat.view(b, oh * ow, 5).transpose(1, 2).reshape(y.shape))
+    grad = torch.randn_like(y)
+    (y * grad).sum().backward()
+    w = conv.tiles.effective_weight().detach().view(5, 3, 3, 3).requires_grad_()
+    xd = x.detach().requires_grad_()
+    (nn.functional.conv2d(xd, w, None, ref.stride, ref.padding, ref.dilation) * grad
+     ).sum().backward()
+    assert torch.allclose(x.grad, xd.grad, atol=1e-5)
+    assert torch.allclose(conv.tiles.weight.grad.view(5, 3, 3, 3), w.grad, atol=1e-4)
+    assert conv.tiles.tile_scale.grad is not None
+    assert torch.allclose(conv.bias.grad, grad.sum((0, 2, 3)), atol=1e-5)
 
 
 def test_from_digital_converts_lenet_and_keeps_its_function(table):

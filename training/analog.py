@@ -40,7 +40,7 @@ called.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -50,7 +50,7 @@ from torch import nn
 
 from calibration.program_model import Devices, ProgrammingModel
 from calibration.store import Table, open_table
-from calibration.surrogate import TileSurrogate
+from calibration.surrogate import PreparedTiles, TileSurrogate
 from netlists.config import HardwareConfig
 from netlists.errors import ConfigError
 
@@ -213,8 +213,8 @@ class AnalogTiles(nn.Module):
         self.register_buffer("target_level", torch.zeros(shape, dtype=torch.int16, device=dev))
         self.register_buffer("write_count", torch.zeros(shape, dtype=torch.int32, device=dev))
         self.register_buffer("pulse_count", torch.zeros(shape, dtype=torch.int64, device=dev))
-        self._prepared = None
-        self._idle_codes: tuple[Any, torch.Tensor] | None = None
+        self._prepared: PreparedTiles | None = None
+        self._operands: tuple[Any, ...] | None = None
         # A layer that fits in one tile row (column) reads only the rows (columns) it uses:
         # rows without input carry no current and columns are independent once W is known,
         # so slicing the read is exact.
@@ -309,80 +309,122 @@ class AnalogTiles(nn.Module):
             self.wd.copy_(devices.wd)
             self.state.copy_(seed_chip.programmer.floor_state(devices))
             self.target_level.zero_()
+            self._forget_tiles()
             self.program(self.weight.detach().clone(), count=False)
 
     # -- reading -------------------------------------------------------------------------
-    def _tiles(self):
-        """The programmed tiles, prepared for reading (recomputed after each programming),
-        sliced to the rows and columns the layer uses."""
+    def _tiles(self) -> PreparedTiles:
+        """All tiles, prepared for reading; computed when first needed, then kept up to date
+        tile by tile by :func:`program_plans`."""
         if self._prepared is None:
-            t = self.chip.reader.prepare(self.conductances())
-            self._prepared = t.sliced(self._rows_used, 2 * self._pairs_used)
+            self._prepared = self.chip.reader.prepare(self.conductances())
+            self._operands = None
         return self._prepared
 
-    def _codes(self, q: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        reader = self.chip.reader
-        d = reader.analog(q[:, None], self._tiles(), generator=generator, check=False)
-        codes = reader.quantize(d, dtype=torch.float32)
-        return codes[..., 0::2] - codes[..., 1::2]
+    def _update_tiles(self, which: torch.Tensor, part: PreparedTiles) -> None:
+        """Put the re-prepared tiles ``part`` (k, R, C) at the (tr, tc) places ``which``."""
+        if self._prepared is None:
+            return
+        full = self._prepared
+        for name in ("g", "w", "w_scaled", "offset_v", "linear", "w_noise"):
+            getattr(full, name)[which] = getattr(part, name)
+        self._operands = None
 
-    def _read_codes(self, q: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """Codes difference per pair, (tr, tc, B, pairs), for 8-bit inputs ``q`` (tr, B, R);
-        ``active`` (B,) is False for vectors that are zero on every tile row.
+    def _forget_tiles(self) -> None:
+        self._prepared = None
+        self._operands = None
 
-        Such a vector drives no read pulse: no cell is read (no read noise), and without ADC
-        noise its codes are those of the idle tiles, computed once per programming. Only the
-        other vectors are read (images have many all-zero patches); the result is the same
-        in distribution as reading all of them.
-        """
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._forget_tiles()                     # new device states: prepare them afresh
+
+    def _read_operands(self) -> tuple[Any, ...]:
+        """What a read needs, sliced to the rows and columns the layer uses: on the
+        shortcut, ``analog_columns``' weights with the tile columns stacked along the
+        outputs, (tr, tc M + 1, R), and the offsets (tr, tc M, 1); for tiles that can leave
+        the TIA's linear range, the prepared tiles for ``TileSurrogate.analog``."""
+        if self._operands is None:
+            tiles = self._tiles().sliced(self._rows_used, 2 * self._pairs_used)
+            if tiles.all_linear:
+                weights, offset = tiles.columns()                # (tr, tc, M + 1, R)
+                tr, tc, m1, r = weights.shape
+                stacked = torch.cat([weights[:, :, :-1].reshape(tr, tc * (m1 - 1), r),
+                                     weights[:, 0, -1:]], dim=1)
+                self._operands = ("columns", stacked, offset.reshape(tr, -1, 1))
+            else:
+                self._operands = ("planes", tiles)
+        return self._operands
+
+    def _code_differences(self, q: torch.Tensor) -> torch.Tensor:
+        """ADC code differences of the pairs, (tr, tc, pairs, n), for 8-bit inputs ``q``
+        (tr, R, n)."""
         reader = self.chip.reader
         gen = self.chip.generator if self.chip.read_noise else None
-        if gen is not None and reader.adc_noise_v > 0:
-            return self._codes(q, gen)
-        idx = torch.nonzero(active).squeeze(1)
-        if idx.numel() > 0.8 * q.shape[1]:
-            return self._codes(q, gen)
-        tiles = self._tiles()
-        if self._idle_codes is None or self._idle_codes[0] is not tiles:
-            self._idle_codes = (tiles, self._codes(q.new_zeros((q.shape[0], 1, q.shape[2])),
-                                                   None))
-        out = self._idle_codes[1].expand(-1, -1, q.shape[1], -1).clone()
-        if idx.numel():
-            out.index_copy_(2, idx, self._codes(q.index_select(1, idx), gen))
-        return out
+        ops = self._read_operands()
+        tc = self.grid[1]
+        if ops[0] == "columns":
+            codes = reader.codes_columns(q, ops[1], ops[2], generator=gen, check=False)
+            codes = codes.view(q.shape[0], tc, -1, 2, q.shape[-1])      # (tr, tc, P, 2, n)
+            return codes[..., 0, :] - codes[..., 1, :]
+        d = reader.analog(q.transpose(1, 2)[:, None], ops[1], generator=gen, check=False)
+        codes = reader.quantize(d, dtype=torch.float32)                 # (tr, tc, n, M)
+        return (codes[..., 0::2] - codes[..., 1::2]).transpose(2, 3)
 
-    def _blocks(self, m: torch.Tensor) -> torch.Tensor:
-        """(B, in) -> (tile rows, B, rows used), zero-padded."""
-        tr, r = self.grid[0], self._rows_used
-        if tr * r != self.in_features:
-            m = F.pad(m, (0, tr * r - self.in_features))
-        return m.reshape(m.shape[0], tr, r)
+    def analog_columns(self, xt: torch.Tensor) -> torch.Tensor:
+        """The analog result (out, n) for input vectors along the columns of ``xt`` (in, n)
+        (no gradient): the layout in which convolution patches come.
 
-    def analog_partials(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-tile partial outputs (tr, tc, B, pairs) of ``x`` (B, in), weight units."""
+        Each vector is scaled to 8 bits by its own peak; a vector that is zero everywhere
+        has a digital scale of zero, so its result is zero whatever its codes and it is not
+        read (images have many all-zero patches). A vector with negative entries takes a
+        second read of its negated part, in the same call."""
+        if xt.shape[0] != self.in_features:
+            raise ConfigError(f"input has {xt.shape[0]} features; the layer takes "
+                              f"{self.in_features}")
         chip = self.chip
         top = chip.reader.input_levels - 1
+        tr, r = self.grid[0], self._rows_used
         with torch.no_grad():
-            peak = x.abs().amax(dim=1, keepdim=True)                           # (B, 1)
-            active = peak[:, 0] > 0
-            scale = peak.clamp_min(1e-30)
-            xp = self._blocks(x * (top / scale)).permute(1, 0, 2)              # (tr, B, R)
-            out = self._read_codes(torch.round(torch.clamp(xp, min=0)), active)
-            if bool(torch.any(x < 0)):
-                out = out - self._read_codes(torch.round(torch.clamp(-xp, min=0)), active)
-            return out * (scale.reshape(1, 1, -1, 1)
-                          * (chip.code_to_dot * float(self.w_max)))
+            x = xt.detach()
+            n = x.shape[1]
+            high = x.amax(dim=0)                                          # (n,)
+            low = x.amin(dim=0)
+            signed = bool(low.min() < 0)
+            peak = torch.maximum(high, -low) if signed else high
+            active = torch.nonzero(peak).squeeze(1)
+            if active.numel() == 0:
+                return x.new_zeros((self.out_features, n))
+            dense = active.numel() > 0.8 * n
+            if not dense:
+                x, peak = x.index_select(1, active), peak.index_select(0, active)
+            if tr * r != self.in_features:
+                x = F.pad(x, (0, 0, 0, tr * r - self.in_features))
+            # q = round(top |x| / peak), halves up, as whole numbers
+            scale = top / peak.clamp_min(1e-30)           # a zero vector: q = 0, no inf
+            half = x.new_tensor(0.5)
+            if signed:
+                q = torch.cat([torch.addcmul(half, x.clamp(min=0), scale),
+                               torch.addcmul(half, x.clamp(max=0), -scale)], dim=-1)
+            else:
+                q = torch.addcmul(half, x, scale)
+            q = q.to(torch.int32).view(tr, r, -1)
+            diff = self._code_differences(q)                           # (tr, tc, P, n')
+            if signed:
+                half = diff.shape[-1] // 2
+                diff = diff[..., :half] - diff[..., half:]
+            y = torch.einsum("tcpn,tc->cpn", diff, self.tile_scale.detach())
+            y = y.reshape(-1, y.shape[-1])[:self.out_features]
+            y = y * (peak * (chip.code_to_dot * float(self.w_max)))
+            if dense:
+                return y
+            return y.new_zeros((self.out_features, n)).index_copy_(1, active, y)
 
     def analog(self, x: torch.Tensor) -> torch.Tensor:
-        """The analog result (B, out) for ``x`` (B, in): tile partial sums times the tile
-        scales, added digitally (no gradient)."""
+        """The analog result (B, out) for ``x`` (B, in) (no gradient)."""
         if x.shape[-1] != self.in_features:
             raise ConfigError(f"input has {x.shape[-1]} features; the layer takes "
                               f"{self.in_features}")
-        with torch.no_grad():
-            partial = self.analog_partials(x.detach())                         # (tr,tc,B,P)
-            y = torch.einsum("tcbp,tc->bcp", partial, self.tile_scale)
-            return y.reshape(x.shape[0], -1)[:, :self.out_features]
+        return self.analog_columns(x.detach().T).T
 
     def effective_weight(self) -> torch.Tensor:
         """``weight`` times its tile's scale, (out, in): what the digital backward pass
@@ -394,13 +436,63 @@ class AnalogTiles(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, in) -> (B, out): the analog result, with the gradient of
         ``x @ effective_weight().T`` (straight through)."""
-        digital = F.linear(x, self.effective_weight())
-        return digital + (self.analog(x) - digital).detach()
+        return _StraightThrough.apply(x, self.effective_weight(), _LinearOps(self))
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, tiles={self.grid[0]}x"
                 f"{self.grid[1]} of {self.chip.rows}x{self.chip.cols}, "
                 f"w_max={float(self.w_max):.4g}")
+
+
+class _LinearOps:
+    """The analog forward and the digital gradients of ``x @ w.T`` (straight through)."""
+
+    def __init__(self, tiles: AnalogTiles) -> None:
+        self.tiles = tiles
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tiles.analog(x)
+
+    def gradients(self, x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor,
+                  need: tuple[bool, ...]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return (grad @ w if need[0] else None, grad.T @ x if need[1] else None)
+
+
+class _ConvOps:
+    """The analog forward and the digital gradients of the convolution (straight through)."""
+
+    def __init__(self, conv: "AnalogConv2d") -> None:
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv.analog(x)
+
+    def gradients(self, x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor,
+                  need: tuple[bool, ...]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        c = self.conv
+        w4 = w.view(c.out_channels, c.in_channels, *c.kernel_size)
+        args = (c.stride, c.padding, c.dilation)
+        gx = torch.nn.grad.conv2d_input(x.shape, w4, grad, *args) if need[0] else None
+        gw = torch.nn.grad.conv2d_weight(x, w4.shape, grad, *args).view_as(w) \
+            if need[1] else None
+        return gx, gw
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the analog result. Backward: the gradients of the digital layer with the
+    effective weights, computed directly (the digital forward itself is never needed)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, ops: Any) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.ops = ops
+        return ops.forward(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, weight = ctx.saved_tensors
+        gx, gw = ctx.ops.gradients(x, weight, grad.contiguous(), ctx.needs_input_grad[:2])
+        return gx, gw, None
 
 
 @dataclass(frozen=True)
@@ -414,7 +506,8 @@ class ProgramPlan:
 
 def program_plans(plans: list[ProgramPlan], *, count: bool = True) -> list[WriteStats]:
     """Write every plan's devices in ONE write-and-verify call per chip (the procedure's
-    pulse loop costs per step, not per device); count writes and pulses per device."""
+    pulse loop costs per step, not per device); count writes and pulses per device; then
+    prepare the written tiles of all layers for reading, again in one call per chip."""
     stats = [WriteStats(0, 0, 0)] * len(plans)
     by_chip: dict[int, list[int]] = {}
     for i, plan in enumerate(plans):
@@ -446,9 +539,36 @@ def program_plans(plans: list[ProgramPlan], *, count: bool = True) -> list[Write
             if count:
                 layer.write_count[p.select] += 1
                 layer.pulse_count[p.select] += pulses
-            layer._prepared = None
             stats[i] = WriteStats(n, int(pulses.sum()), int((~res.success[part]).sum()))
+        _reprepare(chip, [p.layer for p in parts], [p.select for p in parts])
     return stats
+
+
+def _reprepare(chip: AnalogChip, layers: list[AnalogTiles], selects: list[torch.Tensor]
+               ) -> None:
+    """Recompute the read preparation (``TileSurrogate.prepare``) of the tiles in which
+    ``selects`` wrote, for all ``layers`` in one batched call; the other tiles keep theirs."""
+    which, g = [], []
+    for layer, select in zip(layers, selects):
+        if layer._prepared is None:           # prepared in full when next read
+            which.append(None)
+            continue
+        tiles = select.flatten(2).any(-1)                                  # (tr, tc)
+        which.append(tiles)
+        g.append(chip.programmer.read(layer.state[tiles], Devices(kd=layer.kd[tiles],
+                                                                    wd=layer.wd[tiles])))
+    if not g:
+        return
+    prepared = chip.reader.prepare(torch.cat(g))
+    start = 0
+    for layer, tiles in zip(layers, which):
+        if tiles is None:
+            continue
+        k = int(tiles.sum())
+        part = PreparedTiles(*(getattr(prepared, f.name)[start:start + k]
+                               for f in fields(PreparedTiles)))
+        layer._update_tiles(tiles, part)
+        start += k
 
 
 class AnalogLinear(nn.Module):
@@ -522,20 +642,36 @@ class AnalogConv2d(nn.Module):
             new.bias.data.copy_(layer.bias.detach().to(chip.device))
         return new
 
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """The input patches of ``x`` (B, C, H, W) as columns, (C kh kw, B OH OW): the
+        input vectors of the tiles, in the weight's (C, kh, kw) order."""
+        (ph, pw), (sh, sw), (dh, dw) = self.padding, self.stride, self.dilation
+        kh, kw = self.kernel_size
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph))
+        v = x.unfold(2, (kh - 1) * dh + 1, sh).unfold(3, (kw - 1) * dw + 1, sw)
+        if dh > 1 or dw > 1:
+            v = v[..., ::dh, ::dw]                                  # (B, C, OH, OW, kh, kw)
+        return v.permute(1, 4, 5, 0, 2, 3).reshape(self.in_channels * kh * kw, -1)
+
+    def analog(self, x: torch.Tensor) -> torch.Tensor:
+        """The analog convolution of ``x`` (B, C, H, W), every patch one read of the tiles
+        (no gradient, no bias)."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ConfigError(f"input of shape {tuple(x.shape)}: the layer takes (batch, "
+                              f"{self.in_channels}, height, width)")
+        with torch.no_grad():
+            (ph, pw), (sh, sw), (dh, dw) = self.padding, self.stride, self.dilation
+            kh, kw = self.kernel_size
+            oh = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+            ow = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+            y = self.tiles.analog_columns(self.patches(x.detach()))      # (out, B OH OW)
+            return y.view(self.out_channels, x.shape[0], oh, ow).transpose(0, 1).contiguous()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The analog convolution (every patch one VMM on the tiles), with the gradient of
         the digital convolution by the tiles' effective weights (straight through)."""
-        weight = self.tiles.effective_weight().reshape(
-            self.out_channels, self.in_channels, *self.kernel_size)
-        digital = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation)
-        with torch.no_grad():
-            b, _, oh, ow = digital.shape
-            cols = F.unfold(x.detach(), self.kernel_size, dilation=self.dilation,
-                            padding=self.padding, stride=self.stride)          # (B, CKK, L)
-            patches = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-            analog = self.tiles.analog(patches).reshape(b, oh * ow, self.out_channels)
-            analog = analog.transpose(1, 2).reshape(digital.shape)
-        y = digital + (analog - digital).detach()
+        y = _StraightThrough.apply(x, self.tiles.effective_weight(), _ConvOps(self))
         if self.bias is not None:
             y = y + self.bias[:, None, None]
         return y

@@ -321,10 +321,6 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
         if start_epoch > cfg.epochs:
             raise TrainingError(f"{ckpt_path} already holds {start_epoch} epochs, more than "
                                 f"the {cfg.epochs} asked for: ask for more with --epochs")
-        if chip is not None:
-            for _, layer in analog_layers(model):
-                layer.chip = chip
-                layer._prepared = None
 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -420,9 +416,7 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
         _check_table(ckpt, table)
         chip = _chip(cfg, table, cfg.chip_seed, dev, read_noise)
         from_digital(model, chip, range_margin=cfg.range_margin)
-        model.load_state_dict(ckpt["model"])
-        for _, layer in analog_layers(model):
-            layer._prepared = None
+        model.load_state_dict(ckpt["model"])              # the layers prepare their tiles anew
         if fresh_chip is not None:
             fresh = _chip(cfg, table, fresh_chip, dev, read_noise)
             for _, layer in analog_layers(model):
