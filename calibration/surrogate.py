@@ -35,7 +35,8 @@ in one batched GEMM, the TIA's DC transfer interpolated from the table for each,
 same ``a``. The validation (``calibration.validate``) compares both against full ngspice
 solves.
 
-Noise (seeded through a ``torch.Generator``; off without one). Read noise: every cell read
+Noise (seeded through a ``torch.Generator``, or drawn from a
+:class:`~calibration.normal_stream.NormalStream`; off without either). Read noise: every cell read
 (one per bit-plane) deviates by ``N(0, sigma_g^2)`` with ``sigma_g = read_noise_sigma x`` the
 read window (``DeviceParams.read_noise_sigma``; not in the SPICE decks, which are
 deterministic). Its effect on ``D`` is Gaussian with variance
@@ -54,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from calibration.normal_stream import NormalStream
 from calibration.store import Table
 from netlists.config import HardwareConfig
 from netlists.errors import ConfigError, TableError
@@ -61,6 +63,9 @@ from netlists.errors import ConfigError, TableError
 __all__ = ["TileSurrogate", "PreparedTiles", "TileRead", "effective_conductance"]
 
 _METHODS = ("exact", "fast")
+
+#: Where noise comes from: a generator, or a stream of normals made ahead.
+Draws = torch.Generator | NormalStream
 
 
 def _rev_cumsum(a: torch.Tensor, dim: int) -> torch.Tensor:
@@ -290,6 +295,7 @@ class TileSurrogate:
         kw = {"device": self.device, "dtype": dtype}
         # Per input value: its weight in D (column 0) and in D's read-noise variance (1).
         self.lut2 = torch.as_tensor(np.stack([planes @ a, planes @ (a ** 2)], axis=1), **kw)
+        self._lut_columns = (self.lut2[:, 0].contiguous(), self.lut2[:, 1].contiguous())
         self.plane_a = torch.as_tensor(a, **kw)
         self.planes = torch.as_tensor(planes, **kw)
         # The exact path's TIA transfer: the table's DC curve, indexed by the feedback
@@ -328,6 +334,7 @@ class TileSurrogate:
         self.device = torch.device(device)
         for name in ("lut2", "plane_a", "planes", "_u_table", "transitions"):
             setattr(self, name, getattr(self, name).to(self.device))
+        self._lut_columns = (self.lut2[:, 0].contiguous(), self.lut2[:, 1].contiguous())
         return self
 
     # -- programming -------------------------------------------------------------------------
@@ -367,7 +374,7 @@ class TileSurrogate:
                               f"[{float(x.min()):g}, {float(x.max()):g}]")
 
     def analog(self, x: torch.Tensor, tiles: PreparedTiles, *,
-               generator: torch.Generator | None = None, read_noise: bool = True,
+               generator: Draws | None = None, read_noise: bool = True,
                adc_noise: bool = True, check: bool = True) -> torch.Tensor:
         """Accumulated front-end voltage ``D`` (..., B, M) for inputs ``x`` (..., B, N).
 
@@ -396,7 +403,7 @@ class TileSurrogate:
         return self._add_noise(d, sigma2, generator, noisy, adc_noise)
 
     def analog_columns(self, xt: torch.Tensor, weights: torch.Tensor, offset: torch.Tensor,
-                       *, generator: torch.Generator | None = None, read_noise: bool = True,
+                       *, generator: Draws | None = None, read_noise: bool = True,
                        adc_noise: bool = True, check: bool = True) -> torch.Tensor:
         """:meth:`analog` with the input vectors along the LAST axis: ``D`` (..., M, B) for
         inputs ``xt`` (..., N, B), on the shortcut (tiles with ``all_linear`` only).
@@ -410,7 +417,7 @@ class TileSurrogate:
                              read_noise=read_noise, adc_noise=adc_noise, check=check)
 
     def codes_columns(self, xt: torch.Tensor, weights: torch.Tensor, offset: torch.Tensor,
-                      *, generator: torch.Generator | None = None, read_noise: bool = True,
+                      *, generator: Draws | None = None, read_noise: bool = True,
                       adc_noise: bool = True, check: bool = True) -> torch.Tensor:
         """The ADC codes (float, ..., M, B) of :meth:`analog_columns`' read: ``quantize``
         of it. With the ideal uniform transition levels the conversion to LSB units is folded
@@ -424,7 +431,7 @@ class TileSurrogate:
         return d.floor_().clamp_(0, 2 ** self.hw.adc.bits - 1)
 
     def _columns(self, xt: torch.Tensor, weights: torch.Tensor, offset: torch.Tensor,
-                 scale: float, shift: float, *, generator: torch.Generator | None,
+                 scale: float, shift: float, *, generator: Draws | None,
                  read_noise: bool, adc_noise: bool, check: bool) -> torch.Tensor:
         """``D * scale + shift`` of :meth:`analog_columns`, noise included."""
         xt = torch.as_tensor(xt, device=self.device)
@@ -435,12 +442,12 @@ class TileSurrogate:
         m = weights.shape[-2] - 1
         w = weights[..., :m, :] * scale if scale != 1.0 else weights[..., :m, :]
         sigma2: torch.Tensor | float = 0.0
+        flat = idx.reshape(-1)
+        # two contiguous gathers: GEMM operands without a copy
+        d = torch.matmul(w, self._lut_columns[0].index_select(0, flat).view(idx.shape))
         if noisy:
-            looked = self._look_up(idx, True)                             # (..., N, B, 2)
-            d = torch.matmul(w, looked[..., 0])
-            sigma2 = torch.matmul(weights[..., m:, :], looked[..., 1]).mul_(scale ** 2)
-        else:
-            d = torch.matmul(w, self._look_up(idx, False))
+            units = self._lut_columns[1].index_select(0, flat).view(idx.shape)
+            sigma2 = torch.matmul(weights[..., m:, :], units).mul_(scale ** 2)
         d += offset * scale + shift if (scale != 1.0 or shift) else offset
         return self._add_noise(d, sigma2, generator, noisy, adc_noise, scale)
 
@@ -455,7 +462,7 @@ class TileSurrogate:
         return lut.index_select(0, idx.reshape(-1)).reshape(*idx.shape, *lut.shape[1:])
 
     def _add_noise(self, d: torch.Tensor, sigma2: torch.Tensor | float,
-                   generator: torch.Generator | None, noisy: bool, adc_noise: bool,
+                   generator: Draws | None, noisy: bool, adc_noise: bool,
                    scale: float = 1.0) -> torch.Tensor:
         """``d`` (in place) plus its read noise (variance ``sigma2``) and ADC noise draws,
         all in the units of ``scale`` V."""
@@ -464,7 +471,11 @@ class TileSurrogate:
             sigma2 = sigma2 + (self.adc_noise_v * scale) ** 2
         if noisy or adc:
             std = torch.sqrt(torch.as_tensor(sigma2, dtype=d.dtype, device=d.device))
-            noise = torch.randn(d.shape, generator=generator, dtype=d.dtype, device=d.device)
+            if isinstance(generator, NormalStream):
+                noise = generator.take(d.shape).to(d.dtype)
+            else:
+                noise = torch.randn(d.shape, generator=generator, dtype=d.dtype,
+                                    device=d.device)
             d.addcmul_(std, noise)
         return d
 
@@ -495,7 +506,7 @@ class TileSurrogate:
         return codes.to(dtype)
 
     def read(self, x: torch.Tensor, tiles: PreparedTiles, *,
-             generator: torch.Generator | None = None, read_noise: bool = True,
+             generator: Draws | None = None, read_noise: bool = True,
              adc_noise: bool = True, check: bool = True) -> TileRead:
         """One bit-serial read: accumulated voltages and codes (see :meth:`analog`)."""
         d = self.analog(x, tiles, generator=generator, read_noise=read_noise,

@@ -4,7 +4,9 @@ A simulated :class:`AnalogChip` is one calibration table made executable: the su
 path (``calibration.surrogate.TileSurrogate``: bit-serial inputs, IR drop, TIA, multi-cycle
 ADC front-end, ADC; read and ADC noise), the write path
 (``calibration.program_model.ProgrammingModel``: write-and-verify on the calibrated pulse
-response), one seeded random stream, and a device-to-device draw per device placed on it.
+response), two seeded random streams (one for the devices and their programming, one for
+read noise, made ahead on a second core: ``calibration.normal_stream``), and a
+device-to-device draw per device placed on it.
 
 Mapping a weight matrix ``w`` (out x in) onto tiles of ``R`` rows x ``C`` columns
 ------------------------------------------------------------------------------------
@@ -44,10 +46,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from calibration.normal_stream import NormalStream
 from calibration.program_model import Devices, ProgrammingModel
 from calibration.store import Table, open_table
 from calibration.surrogate import PreparedTiles, TileSurrogate
@@ -111,8 +115,10 @@ PROGRAMMING = ("exact", "statistical")
 class AnalogChip:
     """A simulated chip built from one calibration table (see the module docstring).
 
-    ``seed`` seeds the chip's random stream: device-to-device draws of the devices that
-    layers place on it, cycle-to-cycle draws of every programming pulse, read and ADC noise.
+    ``seed`` seeds the chip's random streams: ``generator`` for the device-to-device draws
+    of the devices that layers place on it and the cycle-to-cycle draws of every programming
+    pulse, ``noise`` (a :class:`~calibration.normal_stream.NormalStream`) for read and ADC
+    noise.
     ``method``: how the surrogate computes a tile's effective conductances after each
     programming (``"fast"``: the matrix iteration, within 0.05 LSB of ``"exact"`` on 64x64).
     ``read_noise``: draw read and ADC noise in forward reads. ``programming``: ``"exact"``
@@ -144,6 +150,9 @@ class AnalogChip:
         self.statistical = StatisticalProgramming(table, self.programmer) \
             if programming == "statistical" else None
         self.generator = torch.Generator(self.device).manual_seed(seed)
+        # the read noise: its own stream, made ahead (see calibration.normal_stream)
+        noise_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+        self.noise = NormalStream(noise_seed, device=self.device)
         self.hw: HardwareConfig = self.reader.hw
         self.g_lo, self.g_hi = (float(v) for v in self.programmer.window_s)
         self.levels = int(self.programmer.levels)
@@ -359,7 +368,7 @@ class AnalogTiles(nn.Module):
         """ADC code differences of the pairs, (tr, tc, pairs, n), for 8-bit inputs ``q``
         (tr, R, n)."""
         reader = self.chip.reader
-        gen = self.chip.generator if self.chip.read_noise else None
+        gen = self.chip.noise if self.chip.read_noise else None
         ops = self._read_operands()
         tc = self.grid[1]
         if ops[0] == "columns":
@@ -397,23 +406,27 @@ class AnalogTiles(nn.Module):
             dense = active.numel() > 0.8 * n
             if not dense:
                 x, peak = x.index_select(1, active), peak.index_select(0, active)
-            if tr * r != self.in_features:
-                x = F.pad(x, (0, 0, 0, tr * r - self.in_features))
-            # q = round(top |x| / peak), halves up, as whole numbers
+            # q = round(top |x| / peak), halves up, as whole numbers; the rows of the last
+            # tile row that no input drives stay at zero
             scale = top / peak.clamp_min(1e-30)           # a zero vector: q = 0, no inf
             half = x.new_tensor(0.5)
+            m = x.shape[1]
+            q = torch.empty((tr * r, 2 * m if signed else m), dtype=torch.int32,
+                            device=x.device)
+            q[self.in_features:] = 0
             if signed:
-                q = torch.cat([torch.addcmul(half, x.clamp(min=0), scale),
-                               torch.addcmul(half, x.clamp(max=0), -scale)], dim=-1)
+                q[:self.in_features, :m] = torch.addcmul(half, x.clamp(min=0), scale)
+                q[:self.in_features, m:] = torch.addcmul(half, x.clamp(max=0), -scale)
             else:
-                q = torch.addcmul(half, x, scale)
-            q = q.to(torch.int32).view(tr, r, -1)
-            diff = self._code_differences(q)                           # (tr, tc, P, n')
+                q[:self.in_features] = torch.addcmul(half, x, scale)
+            diff = self._code_differences(q.view(tr, r, -1))          # (tr, tc, P, n')
             if signed:
-                half = diff.shape[-1] // 2
-                diff = diff[..., :half] - diff[..., half:]
-            y = torch.einsum("tcpn,tc->cpn", diff, self.tile_scale.detach())
-            y = y.reshape(-1, y.shape[-1])[:self.out_features]
+                diff = diff[..., :m] - diff[..., m:]
+            if tr * self.grid[1] == 1:
+                y = diff[0, 0] * self.tile_scale.detach()[0, 0]
+            else:
+                y = torch.einsum("tcpn,tc->cpn", diff, self.tile_scale.detach())
+            y = y.reshape(-1, m)[:self.out_features]
             y = y * (peak * (chip.code_to_dot * float(self.w_max)))
             if dense:
                 return y

@@ -234,6 +234,7 @@ def _rng_state(chip: AnalogChip | None, shuffle: torch.Generator) -> dict[str, A
     state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
     if chip is not None:
         state["chip"] = chip.generator.get_state()
+        state["read_noise"] = chip.noise.state_dict()
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -245,6 +246,8 @@ def _set_rng_state(state: dict[str, Any], chip: AnalogChip | None,
     shuffle.set_state(state["shuffle"])
     if chip is not None and "chip" in state:
         chip.generator.set_state(state["chip"])
+    if chip is not None and "read_noise" in state:
+        chip.noise.load_state_dict(state["read_noise"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
