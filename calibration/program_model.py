@@ -1060,9 +1060,8 @@ class ProgrammingModel:
         def magnitude(row: np.ndarray, fa: np.ndarray, fs: np.ndarray, is_set: np.ndarray,
                       u: np.ndarray, ln_k: np.ndarray) -> np.ndarray:  # _magnitude, _window
             c = coef.take(row, axis=1)                     # (8, n): rows contiguous
-            d0 = ((fs * c[6] + c[2]) * fa + c[0]) + fs * c[4]
-            d1 = ((fs * c[7] + c[3]) * fa + c[1]) + fs * c[5]
-            rate = torch.from_numpy(d1 * ln_k + d0).exp_().numpy()
+            db = ((fs * c[6:8] + c[2:4]) * fa + c[0:2]) + fs * c[4:6]          # (2, n)
+            rate = torch.from_numpy(db[1] * ln_k + db[0]).exp_().numpy()
             for_set = power(u * num["inv_n_max"], d.p_window_set)
             for_reset = power(np.reciprocal(u) * num["n_min"], d.p_window_reset)
             w = num["one"] - np.where(is_set != 0, for_set, for_reset)
@@ -1072,12 +1071,12 @@ class ProgrammingModel:
         n_lo, n_hi, wd, ln_kd = (v.numpy() for v in fixed.unbind(0))
         n = n.numpy().copy()
         read = read.numpy().copy() if noisy else n
-        bounds = bounds.numpy()
+        bounds = np.ascontiguousarray(bounds.numpy().T)                   # (3, n)
         code = ctl.start + 4 * order.numpy()
         counts = np.zeros(count, dtype=np.int64)                        # packed
 
         def decide() -> np.ndarray:
-            row = code + (bounds <= read[:, None]).sum(1)
+            row = code + (bounds <= read).sum(0)
             counts.__iadd__(counts_tab[row])
             return following[row]
 
@@ -1094,8 +1093,8 @@ class ProgrammingModel:
                 gone = ~active
                 at = pos[gone]
                 out_n[at], out_read[at], out_counts[at] = n[gone], read[gone], counts[gone]
-                pos, n, read, code, bounds, counts = (v[active] for v in (pos, n, read, code,
-                                                                          bounds, counts))
+                pos, n, read, code, counts = (v[active] for v in (pos, n, read, code, counts))
+                bounds = bounds[:, active]
                 n_lo, n_hi, wd, ln_kd = (v[active] for v in (n_lo, n_hi, wd, ln_kd))
                 active = active[active]
             ln_k = randn(code.size) * num["c2c"] + ln_kd
