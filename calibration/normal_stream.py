@@ -141,6 +141,16 @@ class NormalStream:
             self._offset = offset
         self._since_prefetch = 0
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles carry the position, not the thread: a copy hands out the same
+        normals as the original from there on, independently."""
+        return {"device": str(self.device), "dtype": self.dtype, **self.state_dict()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["seed"], device=state["device"], dtype=state["dtype"],
+                      block=state["block"])
+        self.load_state_dict(state)
+
     def _drain(self) -> None:
         """Wait for the blocks under way and drop every block made ahead."""
         while self._queue:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import time
 
 import pytest
@@ -71,3 +73,14 @@ def test_the_position_is_saved_and_restored():
         NormalStream(1, block=8)
     s.close()
     assert s.take((3,)).shape == (3,)           # still works, without a thread
+
+
+def test_a_copy_continues_from_the_same_place():
+    s = NormalStream(31, block=64)
+    s.take((20,))
+    s.prefetch(200)
+    twin = copy.deepcopy(s)
+    again = pickle.loads(pickle.dumps(s))
+    want = _drawn(s, REQUESTS)
+    assert torch.equal(_drawn(twin, REQUESTS), want)
+    assert torch.equal(_drawn(again, REQUESTS), want)

@@ -7,6 +7,7 @@ written here (never downloaded).
 
 from __future__ import annotations
 
+import copy
 import json
 import struct
 import subprocess
@@ -121,7 +122,7 @@ def _tile_by_tile(tiles, x: torch.Tensor) -> torch.Tensor:
     full = reader.prepare(tiles.conductances())
     peak = x.abs().amax(dim=1, keepdim=True)
     scale = top / peak.clamp_min(1e-30)
-    r, c = chip.rows, chip.cols
+    r, scales = chip.rows, tiles.tile_scale.detach()
     y = torch.zeros(x.shape[0], tiles.grid[1] * chip.pairs, dtype=torch.float64)
     for t in range(tiles.grid[0]):
         part = torch.zeros(x.shape[0], r)
@@ -134,7 +135,7 @@ def _tile_by_tile(tiles, x: torch.Tensor) -> torch.Tensor:
                 q = torch.floor(torch.clamp(sign * part * scale, min=0) + 0.5)
                 codes = reader.read(q, one).codes.double()
                 total = total + sign * (codes[:, 0::2] - codes[:, 1::2])
-            y[:, k * chip.pairs:(k + 1) * chip.pairs] += total * float(tiles.tile_scale.detach()[t, k])
+            y[:, k * chip.pairs:(k + 1) * chip.pairs] += total * float(scales[t, k])
     unit = chip.code_to_dot * float(tiles.w_max)
     return (y[:, :tiles.out_features] * peak.double() * unit).float()
 
@@ -239,6 +240,17 @@ def test_reads_are_seeded(table):
         layer = AnalogLinear(16, 4, chip=chip)
         outs.append(layer(torch.rand(8, 16, generator=torch.Generator().manual_seed(1))))
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+
+
+def test_a_copied_model_reads_as_the_original(table):
+    chip = _chip(table, read_noise=True)
+    torch.manual_seed(0)
+    model = nn.Sequential(AnalogLinear(16, 4, chip=chip), nn.ReLU(),
+                          AnalogLinear(4, 2, chip=chip))
+    x = torch.rand(8, 16)
+    model(x)
+    twin = copy.deepcopy(model)
+    assert torch.equal(model(x), twin(x))        # the same draws from here on, separately
 
 
 # -- the optimizer ---------------------------------------------------------------------------
