@@ -11,6 +11,8 @@ window) and random 8-bit inputs at batch ``--batch`` (1024), float32 on the CPU:
   ``prepare`` picks for the tile (``shortcut``: one lookup and one GEMM; ``exact``: eight
   bit-planes through the TIA's DC transfer, for tiles whose TIAs can reach a rail);
 * ``read+noise``: the same with read noise drawn from a ``torch.Generator``;
+* ``columns`` / ``columns+noise``: the analog layers' read, ``codes_columns`` (inputs with
+  the vectors along the last axis, ADC codes out; shortcut tiles only);
 * ``shortcut`` / ``exact``: the read forced onto each path (``PreparedTiles.linear`` set
   all True / all False: timings only, the forced shortcut is not a valid read of a tile
   that saturates);
@@ -139,6 +141,13 @@ def bench_geometry(label: str, table: Table, *, rows: int | None, batch: int, re
         "stage:quantize": lambda: s.quantize(d),
         "stage:plane-gemm": lambda: torch.matmul(v, tiles.w[None]),
     }
+    if tiles.all_linear:
+        # the training layers' read: the vectors along the last axis, codes out
+        weights, offset = tiles.columns()
+        xt = x.T.to(torch.int32).contiguous()
+        candidates["columns"] = lambda: s.codes_columns(xt, weights, offset, check=False)
+        candidates["columns+noise"] = lambda: s.codes_columns(xt, weights, offset,
+                                                              check=False, generator=gen)
     compiled: dict[str, Any] = {"enabled": compile_read, "error": None}
     if compile_read:
         # Quiet: dynamo logs the graph break at ``PreparedTiles.all_linear`` (a bool() of a

@@ -33,13 +33,15 @@ is decided once per programming from a bound (every input bit at 1 on a column,
 256-row tiles at high conductance) take the exact path instead: the eight planes' currents
 in one batched GEMM, the TIA's DC transfer interpolated from the table for each, then the
 same ``a``. The validation (``calibration.validate``) compares both against full ngspice
-solves.
+solves. :meth:`TileSurrogate.analog_columns` and :meth:`TileSurrogate.codes_columns` are the
+shortcut with the input vectors along the last axis (the layout of unfolded convolutions;
+what the training layers use), the ADC's LSB folded into the operands for the codes.
 
 Noise (seeded through a ``torch.Generator``, or drawn from a
-:class:`~calibration.normal_stream.NormalStream`; off without either). Read noise: every cell read
-(one per bit-plane) deviates by ``N(0, sigma_g^2)`` with ``sigma_g = read_noise_sigma x`` the
-read window (``DeviceParams.read_noise_sigma``; not in the SPICE decks, which are
-deterministic). Its effect on ``D`` is Gaussian with variance
+:class:`~calibration.normal_stream.NormalStream`; off without either). Read noise: every
+cell read (one per bit-plane) deviates by ``N(0, sigma_g^2)`` with ``sigma_g =
+read_noise_sigma x`` the read window (``DeviceParams.read_noise_sigma``; not in the SPICE
+decks, which are deterministic). Its effect on ``D`` is Gaussian with variance
 ``(G v_read sigma_g)^2 sum_i sum_k a_k^2 bit_k(x_i)``, drawn directly (the same distribution
 as eight planes of per-cell draws, at the cost of one draw per output). ADC noise: the
 table's ``noise_v_rms``, added to ``D`` before the conversion.

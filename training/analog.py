@@ -20,18 +20,27 @@ per layer when it is mapped (the largest ``|w|`` of the digital weights, times
 ``range_margin``).
 
 Forward (analog). Inputs are scaled per input vector to 8 bits (``q = round(255 |x| / s)``,
-``s = max |x|``, a digital scale); negative inputs take a second read with the negated
-part. Every tile reads its slice of ``q`` through the surrogate (all tiles and all vectors
-in one batched call) and returns ADC codes; each pair's two codes are subtracted, turned
-back into weight units with the nominal conversion (``lsb / (G v_read)``, the window and
-``w_max``), multiplied by the tile's trainable digital scale (initially 1) and added over
-the tile rows: the partial sums are digital.
+halves up, ``s = max |x|``, a digital scale); negative inputs take a second read with the
+negated part. Every tile reads its slice of ``q`` through the surrogate and returns ADC
+codes: one batched call per layer (``TileSurrogate.codes_columns``) with the vectors along
+the last axis, the layout in which convolution patches come, and the tile columns that
+share inputs stacked. Each pair's two codes are subtracted, turned back into weight units
+with the nominal conversion (``lsb / (G v_read)``, the window and ``w_max``), multiplied by
+the tile's trainable digital scale (initially 1) and added over the tile rows: the partial
+sums are digital. A vector that is zero everywhere has a digital scale of zero and a zero
+result; it is not read. Tiles whose TIAs can reach a rail take the surrogate's exact
+per-plane read instead.
 
 Backward (digital). Straight through: the gradient is that of the digital layer (``x @ w^T``,
 or the convolution) with the effective weights ``w = w_hp * s``: ``w_hp`` the
 high-precision weights (the layer's ``weight`` parameter), ``s`` the scale of the tile each
-weight sits on. The digital forward runs torch's own kernels, so the backward costs what a
-digital layer's does.
+weight sits on. An autograd function returns the analog result and computes those
+gradients with torch's own kernels (``conv2d_input``, ``conv2d_weight``), so the backward
+costs what a digital layer's does and the digital forward is never run.
+
+After every programming the tiles it wrote are prepared again for reading (the effective
+conductances ``W(g)`` and what follows from them), for all layers of a chip in one batched
+call; the other tiles keep theirs.
 
 The devices themselves are only changed by :meth:`AnalogTiles.program`: write-and-verify of
 the selected devices towards the conductances of new targets, counting the writes and the
@@ -110,6 +119,10 @@ class StatisticalProgramming:
 
 
 PROGRAMMING = ("exact", "statistical")
+
+#: Above this fraction of non-zero input vectors a layer reads them all rather than picking
+#: out the non-zero ones (the picking and putting back cost more than reading the rest).
+_DENSE = 0.8
 
 
 class AnalogChip:
@@ -403,7 +416,7 @@ class AnalogTiles(nn.Module):
             active = torch.nonzero(peak).squeeze(1)
             if active.numel() == 0:
                 return x.new_zeros((self.out_features, n))
-            dense = active.numel() > 0.8 * n
+            dense = active.numel() > _DENSE * n
             if not dense:
                 x, peak = x.index_select(1, active), peak.index_select(0, active)
             # q = round(top |x| / peak), halves up, as whole numbers; the rows of the last
