@@ -100,6 +100,8 @@ class NormalStream:
         n = 1
         for s in shape:
             n *= int(s)
+        if n == 0:
+            return torch.empty(shape, dtype=self.dtype, device=self.device)
         self._since_prefetch += n
         if n <= self.block:
             if self._current is None or self._offset + n > self.block:

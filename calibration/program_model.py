@@ -1082,7 +1082,7 @@ class ProgrammingModel:
 
         def decide() -> np.ndarray:
             row = code + (bounds <= read).sum(0)
-            counts.__iadd__(counts_tab[row])
+            np.add(counts, counts_tab[row], out=counts)
             return following[row]
 
         code = decide()
@@ -1117,5 +1117,5 @@ class ProgrammingModel:
             raise RuntimeError("write-and-verify did not finish within its pulse caps")
         out_n[pos], out_read[pos], out_counts[pos] = n, read, counts
         state = torch.from_numpy(out_n)
-        g = torch.from_numpy(out_read) if noisy else self._g(t, state.clone())
+        g = torch.from_numpy(out_read) if noisy else self._g(t, state)
         return state, g, ctl.unpack(torch.from_numpy(out_counts))

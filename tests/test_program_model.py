@@ -422,18 +422,20 @@ def _stepwise(model: ProgrammingModel, targets: torch.Tensor, devices: Devices, 
     return out
 
 
-@pytest.mark.parametrize("dtype, read_noise", [(torch.float32, False), (torch.float32, True),
-                                               (torch.float64, False)])
+@pytest.mark.parametrize("dtype, read_noise, axis", [
+    (torch.float32, False, "even"), (torch.float32, True, "even"),
+    (torch.float64, False, "even"), (torch.float32, False, "general")])
 @pytest.mark.parametrize("loop", ["numpy", "torch"])
-def test_program_is_the_stepwise_controller_bit_for_bit(table, dtype, read_noise, loop,
+def test_program_is_the_stepwise_controller_bit_for_bit(table, dtype, read_noise, axis, loop,
                                                         monkeypatch):
     # program runs the controller as table lookups, counts its rows in batches and, without
     # read noise, judges a read on the state; it must still make every decision, draw and
     # rounding of the plain step-by-step controller, in its numpy loop (few devices on the
-    # CPU) and in its torch one
+    # CPU) and in its torch one, and with the lookup for a state axis not evenly spaced
     if loop == "torch":
         monkeypatch.setattr(program_model, "_HOST_DEVICES", 0)
     model = ProgrammingModel.from_table(table, dtype=dtype)
+    model._state_uniform = axis == "even"
     gen = _gen(12)
     count = 300
     devices = model.draw_devices((count,), generator=gen)
