@@ -87,8 +87,7 @@ class NormalStream:
         left = 0 if self._current is None else self.block - self._offset
         missing = want - left - len(self._queue) * self.block
         if missing > 0:
-            # a request may skip the rest of a block: one more than the count needs
-            self._schedule(-(-missing // self.block) + 1)
+            self._schedule(-(-missing // self.block))
 
     # -- handing out ---------------------------------------------------------------------
     def take(self, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:

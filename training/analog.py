@@ -551,6 +551,8 @@ def program_plans(plans: list[ProgramPlan], *, count: bool = True) -> list[Write
             res = chip.statistical.program(targets, Devices(kd=kd, wd=wd),
                                            generator=chip.generator)
         else:
+            # the pulse loop runs on one core: the next reads' noise is made on the other
+            chip.noise.prefetch()
             res = chip.programmer.program(targets, Devices(kd=kd, wd=wd), state=state,
                                           generator=chip.generator, read_noise=False)
         start = 0

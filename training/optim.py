@@ -74,8 +74,6 @@ class MixedPrecisionOptimizer:
     def step(self) -> None:
         """One optimizer step (module docstring); ``step_writes``/``step_pulses`` say what it
         programmed."""
-        for chip in {id(layer.chip): layer.chip for _, layer in self.layers}.values():
-            chip.noise.prefetch()          # the next forward's read noise, made meanwhile
         before = [layer.weight.detach().clone() for _, layer in self.layers]
         self.optimizer.step()
         plans = []
