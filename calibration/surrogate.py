@@ -131,11 +131,12 @@ def effective_conductance(g: torch.Tensor, coefficients: Any, *, iterations: int
         # sums written as matrices (calibration.irdrop's dR and dC), one iteration is two
         # small GEMMs and an update, whatever the number of tiles.
         along_row, along_col = _line_matrices(r, rows, cols, g.dtype, g.device)
-        rho = torch.amax(torch.matmul(g, along_row) + torch.matmul(along_col, g), dim=(-2, -1))
-        w = (2.0 / (2.0 + torch.clamp(rho, min=0.0)))[..., None, None]
         out = g
-        for _ in range(iterations):
+        for step in range(iterations):
             loss = torch.matmul(out, along_row).add_(torch.matmul(along_col, out))
+            if step == 0:  # the loss of g itself bounds the map's spectral radius
+                rho = torch.amax(loss, dim=(-2, -1))
+                w = (2.0 / (2.0 + torch.clamp(rho, min=0.0)))[..., None, None]
             out = torch.lerp(out, loss.neg_().add_(1.0).mul_(g), w)
         return out
     raise ConfigError(f"method = {method!r} is not allowed: choose one of {list(_METHODS)}")
@@ -340,13 +341,15 @@ class TileSurrogate:
         return self
 
     # -- programming -------------------------------------------------------------------------
-    def prepare(self, g: torch.Tensor) -> PreparedTiles:
-        """Tiles of conductances ``g`` (..., N, M) in S -> what a read needs (module docstring)."""
+    def prepare(self, g: torch.Tensor, *, check: bool = True) -> PreparedTiles:
+        """Tiles of conductances ``g`` (..., N, M) in S -> what a read needs (module
+        docstring). ``check=False`` skips the test that ``g`` is finite and non-negative
+        (for conductances that the programming model computed)."""
         g = torch.as_tensor(g, dtype=self.dtype, device=self.device)
         if g.shape[-2:] != (self.rows, self.cols):
             raise ConfigError(f"conductances of shape {tuple(g.shape)}: the tile is "
                               f"{self.rows} x {self.cols} (..., rows, cols)")
-        if not bool(torch.all(torch.isfinite(g))) or bool(torch.any(g < 0)):
+        if check and (not bool(torch.all(torch.isfinite(g))) or bool(torch.any(g < 0))):
             raise ConfigError("conductances must be finite and non-negative (S)")
         v_read = self.hw.drive.v_read_v
         w = effective_conductance(g, self.coefficients, iterations=self.iterations,

@@ -587,7 +587,7 @@ def _reprepare(chip: AnalogChip, layers: list[AnalogTiles], selects: list[torch.
                                                                     wd=layer.wd[tiles])))
     if not g:
         return
-    prepared = chip.reader.prepare(torch.cat(g))
+    prepared = chip.reader.prepare(torch.cat(g), check=False)
     start = 0
     for layer, tiles in zip(layers, which):
         if tiles is None:
