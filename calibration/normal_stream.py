@@ -1,15 +1,16 @@
 """A stream of standard normal draws, generated ahead of use on a second CPU core.
 
-Read noise is the largest single cost of an analog forward on the CPU: a training step of
-LeNet draws some 900,000 normals, about 4 ms of one core (torch's CPU generator is serial).
+Drawing read noise costs an analog forward on the CPU more than anything else it does: a
+training step of LeNet draws some 900,000 normals, about 4 ms of one core (torch's CPU
+generator is serial).
 The draws do not depend on anything the read computes, so they can be made while that
 core's partner has nothing to do, e.g. during the write-and-verify pulse loop, which runs
 on one core.
 
 :class:`NormalStream` hands out normals from its own generator in order. It makes them in
 blocks of a fixed size, each block one ``torch.randn`` call, in a fixed order, so the values
-handed out depend only on the seed and on how many were taken before, never on when a block
-was made: :meth:`prefetch` makes blocks ahead on a background thread (on the CPU; on CUDA
+handed out depend only on the seed and on the sizes of the requests before, never on when a
+block was made: :meth:`prefetch` makes blocks ahead on a background thread (on the CPU; on CUDA
 the generator is fast and asynchronous already and blocks are made when needed), and
 :meth:`take` waits for a block that is not ready yet. :meth:`state_dict` and
 :meth:`load_state_dict` save and restore the position, for bit-for-bit resumption.
