@@ -147,7 +147,7 @@ import numpy as np
 import torch
 from scipy.interpolate import CubicSpline, PchipInterpolator
 
-from circuitsim.write_verify import DEFAULT_LEVELS
+from circuitsim.write_verify import DEFAULT_LEVELS, step_value, whole_number
 from netlists.config import HardwareConfig
 from netlists.errors import ConfigError, TableError
 
@@ -287,19 +287,6 @@ class _Controller:
         ends = (*self.shifts[1:], 63)
         return torch.stack([(packed >> lo) & ((1 << (hi - lo)) - 1)
                             for lo, hi in zip(self.shifts, ends)]).to(torch.int32)
-
-
-def _whole(label: str, value: object, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ConfigError(f"{label} = {value!r} must be a whole number >= {lo}")
-    return int(value)
-
-
-def _step(label: str, value: object, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-            or not math.isfinite(value) or not 0.0 < value <= hi:
-        raise ConfigError(f"{label} = {value!r} is out of range: allowed (0, {hi:g}]")
-    return float(value)
 
 
 def _bracket(axis: np.ndarray, value: float, *, log: bool = False) -> tuple[int, int, float]:
@@ -642,16 +629,16 @@ class ProgrammingModel:
         a device more than 65,536 pulses (``max_floor_pulses + 2 * max_pulses_per_phase *
         max_rounds``).
         """
-        max_rounds = _whole("max_rounds", max_rounds, 1)
-        max_phase = _whole("max_pulses_per_phase", max_pulses_per_phase, 1)
-        max_floor = _whole("max_floor_pulses", max_floor_pulses, 0)
+        max_rounds = whole_number("max_rounds", max_rounds, 1)
+        max_phase = whole_number("max_pulses_per_phase", max_pulses_per_phase, 1)
+        max_floor = whole_number("max_floor_pulses", max_floor_pulses, 0)
         if max_floor + 2 * max_phase * max_rounds > _MAX_PULSES:
             raise ConfigError(
                 f"max_floor_pulses + 2 * max_pulses_per_phase * max_rounds = "
                 f"{max_floor + 2 * max_phase * max_rounds} must not exceed {_MAX_PULSES}")
-        set_step = _step("set_step_v", set_step_v, 5.0)
-        reset_step = _step("reset_step_v", reset_step_v, 5.0)
-        tol = self.tolerance_s if tolerance_s is None else _step(
+        set_step = step_value("set_step_v", set_step_v, 5.0)
+        reset_step = step_value("reset_step_v", reset_step_v, 5.0)
+        tol = self.tolerance_s if tolerance_s is None else step_value(
             "tolerance_s", tolerance_s, self.window_s[1] - self.window_s[0])
         if not isinstance(generator, torch.Generator):
             raise ConfigError(f"generator = {generator!r} must be a torch.Generator")

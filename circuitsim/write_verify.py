@@ -66,7 +66,7 @@ from netlists.errors import ConfigError, SimulatorError
 from netlists.programming_batch import BatchCell, render_batch_deck
 
 __all__ = ["BatchResult", "run_batch", "read_window", "cell_seeds", "WriteVerifyResult",
-           "write_verify", "DEFAULT_LEVELS", "MAX_CELLS_PER_DECK"]
+           "write_verify", "DEFAULT_LEVELS", "MAX_CELLS_PER_DECK", "whole_number", "step_value"]
 
 #: Level grid that defines the default tolerance (the paper's 128 programmable levels).
 DEFAULT_LEVELS = 128
@@ -197,13 +197,16 @@ class WriteVerifyResult:
 _FLOOR, _SET, _RESET, _DONE = 0, 1, 2, 3
 
 
-def _positive_int(label: str, value: object, lo: int = 1) -> int:
+def whole_number(label: str, value: object, lo: int = 1) -> int:
+    """``value`` as an int; ConfigError naming ``label`` unless it is a whole number >= ``lo``
+    (the procedure's caps, also checked by ``calibration.program_model``)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
         raise ConfigError(f"{label} = {value!r} must be a whole number >= {lo}")
     return int(value)
 
 
-def _positive_float(label: str, value: object, hi: float) -> float:
+def step_value(label: str, value: object, hi: float) -> float:
+    """``value`` as a float; ConfigError naming ``label`` unless it lies in (0, ``hi``]."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
             or not math.isfinite(value) or not 0.0 < value <= hi:
         raise ConfigError(f"{label} = {value!r} is out of range: allowed (0, {hi:g}]")
@@ -234,12 +237,12 @@ def write_verify(hw: HardwareConfig, targets_s: Sequence[float], *, runner: _Run
         raise ConfigError("targets_s is empty")
     if not np.all(np.isfinite(targets)):
         raise ConfigError("targets_s must be finite")
-    max_rounds = _positive_int("max_rounds", max_rounds)
-    n_levels = _positive_int("n_levels", n_levels, 2)
-    max_phase = _positive_int("max_pulses_per_phase", max_pulses_per_phase)
-    max_floor = _positive_int("max_floor_pulses", max_floor_pulses, 0)
-    set_step = _positive_float("set_step_v", set_step_v, 5.0)
-    reset_step = _positive_float("reset_step_v", reset_step_v, 5.0)
+    max_rounds = whole_number("max_rounds", max_rounds)
+    n_levels = whole_number("n_levels", n_levels, 2)
+    max_phase = whole_number("max_pulses_per_phase", max_pulses_per_phase)
+    max_floor = whole_number("max_floor_pulses", max_floor_pulses, 0)
+    set_step = step_value("set_step_v", set_step_v, 5.0)
+    reset_step = step_value("reset_step_v", reset_step_v, 5.0)
     drv, dev = hw.drive, hw.device
 
     if window_s is None:
@@ -251,7 +254,7 @@ def write_verify(hw: HardwareConfig, targets_s: Sequence[float], *, runner: _Run
             raise ConfigError(f"window_s = {window_s!r} must be two increasing positive "
                               "conductances, S")
     spacing = (window[1] - window[0]) / (n_levels - 1)
-    tol = 0.5 * spacing if tolerance_s is None else _positive_float(
+    tol = 0.5 * spacing if tolerance_s is None else step_value(
         "tolerance_s", tolerance_s, window[1] - window[0])
     floor = window[0] + spacing if floor_s is None else float(floor_s)
     if not math.isfinite(floor) or floor < window[0]:
@@ -268,7 +271,7 @@ def write_verify(hw: HardwareConfig, targets_s: Sequence[float], *, runner: _Run
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         seeds = cell_seeds(int(seed), n_cells)
     else:
-        seeds = [_positive_int("seed", s, 0) for s in seed]  # type: ignore[union-attr]
+        seeds = [whole_number("seed", s, 0) for s in seed]  # type: ignore[union-attr]
         if len(seeds) != n_cells:
             raise ConfigError(f"{len(seeds)} seeds given for {n_cells} targets: give one "
                               "seed, or one per target")
