@@ -126,7 +126,12 @@ def simulate_schedule(hw: HardwareConfig, pulses: tuple[Pulse, ...], *, runner: 
     elif initial_us is None:
         n0 = hw.device.n_min * var.wd
     else:
-        n0 = float(state_for_cell_conductance(hw, np.array(initial_us) * 1e-6, runner=runner))
+        try:
+            n0 = float(state_for_cell_conductance(hw, np.array(initial_us, float) * 1e-6,
+                                                  runner=runner))
+        except (ConfigError, TypeError, ValueError) as err:
+            raise ConfigError(f"initial_us = {initial_us!r} uS: {err}",
+                              field="initial_us") from None
         n0 = float(np.clip(n0 * var.wd, hw.device.n_min * var.wd, hw.device.n_max * var.wd))
     deck = render_pulse_deck(hw, pulses, n0=n0, kc=var.kc, kd=var.kd, wd=var.wd,
                              solver=solver, name="pulses")

@@ -389,7 +389,8 @@ def preset(name: str) -> HardwareConfig:
     try:
         return PRESETS[name]()
     except KeyError:
-        raise ConfigError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}") from None
+        raise ConfigError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}",
+                          field="preset") from None
 
 
 def load_config(path: str | os.PathLike[str], *, base: HardwareConfig | None = None
@@ -397,11 +398,23 @@ def load_config(path: str | os.PathLike[str], *, base: HardwareConfig | None = N
     """Read a TOML file with ``[device]``, ``[array]``, ... and an optional ``[solver]`` table."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"configuration file {str(path)!r} does not exist") from None
+        raise ConfigError(f"configuration file {str(path)!r} does not exist",
+                          field="config") from None
+    except IsADirectoryError:
+        raise ConfigError(f"configuration file {str(path)!r} is a folder: name a TOML file "
+                          "inside it", field="config") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"configuration file {str(path)!r} is not UTF-8 text (byte "
+                          f"{err.start}: {err.reason}); TOML files are UTF-8",
+                          field="config") from None
+    except OSError as err:
+        raise ConfigError(f"configuration file {str(path)!r} cannot be read: "
+                          f"{err.strerror or err}", field="config") from None
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"configuration file {str(path)!r} is not valid TOML: {err}") from err
+        raise ConfigError(f"configuration file {str(path)!r} is not valid TOML: {err}",
+                          field="config") from err
     hardware = HardwareConfig.from_dict(data, base=base)
     solver = SolverConfig.from_dict(data.get("solver", {}))
     return hardware, solver

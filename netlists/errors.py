@@ -7,6 +7,8 @@ every layer above can raise it; ``circuitsim`` re-exports it for users.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "CircuitSimError",
     "ConfigError",
@@ -16,15 +18,36 @@ __all__ = [
     "ConvergenceError",
     "SimulationTimeout",
     "TableError",
+    "OutputError",
 ]
+
+_LEADING_FIELD = re.compile(r"^([A-Za-z_][\w.]*) = ")
 
 
 class CircuitSimError(Exception):
-    """Base class of every error raised by this project."""
+    """Base class of every error raised by this project.
+
+    ``field``: the option, argument or configuration field the error is about, where one
+    is (the command line names the option with it); None otherwise.
+    """
+
+    field: str | None = None
 
 
 class ConfigError(CircuitSimError, ValueError):
-    """A configuration value is invalid; the message names the field, the value and the range."""
+    """A configuration value is invalid; the message names the field, the value and the range.
+
+    ``field`` is the name of the offending field or argument (``"array.rows"``, ``"lr"``):
+    given as a keyword, or else read from a message that starts the project's way,
+    ``"name = value ..."``; None when the error is not about one field.
+    """
+
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message)
+        if field is None:
+            found = _LEADING_FIELD.match(message) if isinstance(message, str) else None
+            field = found.group(1) if found else None
+        self.field = field
 
 
 class NetlistError(CircuitSimError):
@@ -60,6 +83,15 @@ class SimulationTimeout(SimulatorError):
 
 class TableError(CircuitSimError):
     """A calibration table is missing, corrupted, of another schema, or read out of range."""
+
+
+class OutputError(CircuitSimError):
+    """A result cannot be written where it was asked for (a read-only or full file system,
+    a file where a folder should be); the message names the path and the reason."""
+
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def _log_tail(log: str, lines: int = 12) -> str:

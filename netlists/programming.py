@@ -67,11 +67,12 @@ def _check_schedule(hw: HardwareConfig, pulses: Sequence[Pulse]) -> None:
         if not (np.isfinite(p.amplitude_v) and 0.0 < p.amplitude_v <= vmax):
             raise ConfigError(
                 f"pulse {k}: amplitude {p.amplitude_v!r} V is outside the model's validity "
-                f"(0, {vmax!r}] V (device.v_valid_max_v)")
+                f"(0, {vmax!r}] V (device.v_valid_max_v)", field="amplitude_v")
         if not (np.isfinite(p.width_s) and 2 * hw.drive.t_edge_s < p.width_s <= 1e-3):
             raise ConfigError(
                 f"pulse {k}: width {p.width_s!r} s must exceed two edges "
-                f"(2 x drive.t_edge_s = {2 * hw.drive.t_edge_s!r} s) and be at most 1 ms")
+                f"(2 x drive.t_edge_s = {2 * hw.drive.t_edge_s!r} s) and be at most 1 ms",
+                field="width_s")
 
 
 def render_pulse_deck(hw: HardwareConfig, pulses: Sequence[Pulse], *, n0: float,

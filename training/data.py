@@ -95,6 +95,9 @@ _CIFAR_SUBDIR = "cifar-10-batches-py"
 class DatasetError(ConfigError):
     """A dataset spec is malformed, or its files are missing, truncated or corrupt."""
 
+    def __init__(self, message: str = "", *, field: str | None = "dataset") -> None:
+        super().__init__(message, field=field)
+
 
 # --------------------------------------------------------------------------- containers
 

@@ -82,15 +82,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_NAMES:
-            raise ConfigError(f"unknown model {self.model!r}: choose one of {list(MODEL_NAMES)}")
+            raise ConfigError(f"unknown model {self.model!r}: choose one of {list(MODEL_NAMES)}",
+                              field="model")
         if self.mode not in TRAIN_MODES:
-            raise ConfigError(f"unknown mode {self.mode!r}: choose one of {list(TRAIN_MODES)}")
+            raise ConfigError(f"unknown mode {self.mode!r}: choose one of {list(TRAIN_MODES)}",
+                              field="mode")
         if self.programming not in PROGRAMMING:
             raise ConfigError(f"unknown programming {self.programming!r}: choose one of "
-                              f"{list(PROGRAMMING)}")
+                              f"{list(PROGRAMMING)}", field="programming")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}: choose one of "
-                              f"{list(OPTIMIZERS)}")
+                              f"{list(OPTIMIZERS)}", field="optimizer")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -154,9 +156,11 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ConfigError(f"device {name!r} is not a torch device ({err})") from None
+        raise ConfigError(f"device {name!r} is not a torch device ({err})",
+                          field="device") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device")
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device",
+                          field="device")
     return device
 
 
@@ -291,7 +295,11 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
         raise ConfigError(f"mode {cfg.mode!r} needs a calibration table (--table or --preset)")
     saved = None
     if resume:
-        saved = load_checkpoint(ckpt_path)
+        try:
+            saved = load_checkpoint(ckpt_path)
+        except TrainingError as err:
+            err.field = "out"  # the run folder names the checkpoint to resume
+            raise
         if saved["config"] != cfg.to_dict():
             diff = {k: (saved["config"].get(k), v) for k, v in cfg.to_dict().items()
                     if saved["config"].get(k) != v and k != "epochs"}

@@ -27,7 +27,8 @@ def get_surface(name: str):
     try:
         module = _MODULES[name]
     except KeyError:
-        raise ConfigError(f"unknown surface {name!r}: choose from {list(SURFACE_NAMES)}") from None
+        raise ConfigError(f"unknown surface {name!r}: choose from {list(SURFACE_NAMES)}",
+                          field="surfaces") from None
     surface = importlib.import_module(f"calibration.surfaces.{module}").SURFACE
     if surface.name != name:
         raise ConfigError(f"calibration.surfaces.{module} defines surface {surface.name!r}, "
