@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from netlists.config import HardwareConfig, preset
@@ -30,6 +32,7 @@ def tiny_calibration(tmp_path_factory):
                      progress=lambda done, total: None).path
 
 
+
 def _mount_tmpfs(target, options: str) -> bool:
     """Mount a tmpfs on ``target`` (root only); False where mounting is not permitted."""
     import subprocess
@@ -39,10 +42,20 @@ def _mount_tmpfs(target, options: str) -> bool:
     return proc.returncode == 0
 
 
-def _umount(target) -> None:
+@contextlib.contextmanager
+def _tmpfs(folder, options: str):
+    """``folder`` with a tmpfs of ``options`` mounted on it for the block; skips the test
+    where this run may not mount (not root)."""
+    import os
     import subprocess
 
-    subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=30)
+    folder.mkdir()
+    if os.geteuid() != 0 or not _mount_tmpfs(folder, options):
+        pytest.skip(f"a tmpfs ({options}) needs mount rights (root), which this run lacks")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
 
 
 @pytest.fixture
@@ -51,34 +64,23 @@ def read_only_dir(tmp_path):
     running as root (permission bits do not stop root), else a folder of mode 0555."""
     import os
 
+    if os.geteuid() == 0:
+        with _tmpfs(tmp_path / "read-only", "ro,size=64k") as folder:
+            yield folder
+        return
     folder = tmp_path / "read-only"
     folder.mkdir()
-    if os.geteuid() == 0:
-        if not _mount_tmpfs(folder, "ro,size=64k"):
-            pytest.fail("running as root but cannot mount a read-only tmpfs: the file-system "
-                        "error tests need either mount rights or a non-root user")
-        try:
-            yield folder
-        finally:
-            _umount(folder)
-    else:
-        folder.chmod(0o555)
-        try:
-            yield folder
-        finally:
-            folder.chmod(0o755)
+    folder.chmod(0o555)
+    try:
+        yield folder
+    finally:
+        folder.chmod(0o755)
 
 
 @pytest.fixture
 def full_dir(tmp_path):
-    """A folder on a file system with no space left (a filled 256 kB tmpfs; root only)."""
-    import os
-
-    folder = tmp_path / "full"
-    folder.mkdir()
-    if os.geteuid() != 0 or not _mount_tmpfs(folder, "size=256k"):
-        pytest.skip("a full file system needs mount rights (root), which this run lacks")
-    try:
+    """A folder on a file system with no space left (a filled 256 kB tmpfs)."""
+    with _tmpfs(tmp_path / "full", "size=256k") as folder:
         with open(folder / "filler", "wb", buffering=0) as fh:
             try:
                 while fh.write(b"\0" * 65536):
@@ -86,5 +88,10 @@ def full_dir(tmp_path):
             except OSError:
                 pass
         yield folder
-    finally:
-        _umount(folder)
+
+
+@pytest.fixture
+def small_dir(tmp_path):
+    """A folder with room for a few small files but not for a plot (an 8 kB tmpfs)."""
+    with _tmpfs(tmp_path / "small", "size=8k") as folder:
+        yield folder

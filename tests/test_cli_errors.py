@@ -149,15 +149,17 @@ CASES = [
 
 
 @pytest.mark.parametrize("argv, option", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_refused_with_the_option_named(argv, option, workspace, read_only_dir,
-                                                    request, tmp_path, monkeypatch, capsys):
-    full = request.getfixturevalue("full_dir") if "{full}" in argv else tmp_path / "unused"
+def test_bad_input_is_refused_with_the_option_named(argv, option, workspace, request, tmp_path,
+                                                    monkeypatch, capsys):
+    unused = tmp_path / "unused"
+    ro = request.getfixturevalue("read_only_dir") if "{ro}" in argv else unused
+    full = request.getfixturevalue("full_dir") if "{full}" in argv else unused
     cache = tmp_path / "cache"
     cache.mkdir()
     monkeypatch.setenv("CIRCUITSIM_CACHE_DIR", str(cache))
     monkeypatch.chdir(tmp_path)
     args = argv.format(root=workspace["root"], table=workspace["table"],
-                       ckpt=workspace["ckpt"], ro=read_only_dir, full=full).split()
+                       ckpt=workspace["ckpt"], ro=ro, full=full).split()
     before = _snapshot(workspace["root"], tmp_path)
 
     status = cli.main(args + ["--json"])
@@ -258,3 +260,32 @@ def _alive(pid: int) -> bool:
         return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
     except OSError:
         return False
+
+
+def _last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_validate_keeps_its_results_when_the_plot_fails(workspace, small_dir, capsys):
+    """The folder passes the write check, the PNG does not fit: the solved cases are
+    still reported, with the plot's error, and the status says something failed."""
+    status = cli.main(["validate", "--table", str(workspace["table"]), "--cases", "1",
+                       "--plot", str(small_dir / "p.png"), "--json"])
+    out, err = capsys.readouterr()
+    assert status == 1, err
+    result = _last_json(out)
+    assert result["cases"] == 1 and result["rms_lsb"] >= 0 and "plot" not in result
+    assert "No space left" in result["plot_error"]
+    assert "the plot could not be written" in err and "results below are complete" in err
+    assert list(small_dir.iterdir()) == [], "no partial PNG is left behind"
+
+
+def test_train_keeps_its_checkpoint_when_the_plot_fails(workspace, small_dir, tmp_path,
+                                                        capsys):
+    status = cli.main(["train", "--mode", "float", "--epochs", "1", "--test-size", "200",
+                       "--out", str(tmp_path / "run"), "--plot", str(small_dir), "--json"])
+    out, err = capsys.readouterr()
+    assert status == 1, err
+    result = _last_json(out)
+    assert Path(result["checkpoint"]).is_file() and result["epochs"] == 1
+    assert "No space left" in result["plot_error"]
