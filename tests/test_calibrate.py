@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
+import proctree
 from calibration.calibrate import calibrate
 from calibration.store import SCHEMA_VERSION, open_table
 from calibration.surfaces import SURFACE_NAMES
@@ -130,6 +132,60 @@ def test_killed_calibration_resumes_and_never_looks_complete(tmp_path):
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     table = open_table(Path(out["path"]))
+    assert set(table.surfaces) == set(SURFACE_NAMES)
+
+
+def _start_calibration(out: Path, **kw) -> tuple[subprocess.Popen, list[int]]:
+    """`circuitsim calibrate --preset tiny --workers 2` in a session of its own; returned
+    once both workers run their ngspice, with every process below it."""
+    proc = subprocess.Popen([sys.executable, "-m", "circuitsim.cli", "calibrate", "--preset",
+                             "tiny", "--out", str(out), "--workers", "2", "--json"],
+                            start_new_session=True, **kw)
+    below = proctree.wait_for_descendants(proc.pid, "_worker.py", 2, timeout_s=60)
+    if sum("_worker.py" in proctree.command_line(p) for p in below) < 2:
+        proctree.clean_up(proc, below)
+        pytest.fail("the calibration's two workers did not start their ngspice")
+    return proc, below
+
+
+def _saved_parts(out: Path) -> list[Path]:
+    return [p for d in out.glob("*.parts") for p in d.rglob("*.npz")]
+
+
+def test_killed_calibration_takes_its_workers_and_their_ngspice_along(tmp_path):
+    proc, below = _start_calibration(tmp_path, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+    try:
+        assert proc.poll() is None, "the calibration must still be running when it is killed"
+        assert proctree.kill_parent(proc, below) == {}
+    finally:
+        proctree.clean_up(proc, below)
+
+
+def test_interrupted_calibration_stops_its_workers_and_a_rerun_resumes(tmp_path):
+    proc, below = _start_calibration(tmp_path, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_saved_parts(tmp_path)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the calibration must still be running when interrupted"
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at a terminal reaches the whole group
+        _, stderr = proc.communicate(timeout=20)
+        assert proc.returncode in (130, -signal.SIGINT), stderr
+        assert stderr.count("Traceback") <= 1, "the workers leave Ctrl-C to their parent"
+        assert proctree.survivors(below, timeout_s=5) == {}
+    finally:
+        proctree.clean_up(proc, below)
+    assert not list(tmp_path.glob("*.h5")), "an interrupted calibration leaves no table"
+    saved = len(_saved_parts(tmp_path))
+    assert saved >= 2 and not list(tmp_path.rglob("*.tmp"))
+    rerun = _cli("calibrate", "--preset", "tiny", "--out", str(tmp_path), "--workers", "2",
+                 "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    reports = [line for line in rerun.stderr.splitlines() if line.startswith("calibrate: ")]
+    assert re.fullmatch(rf"calibrate: {saved}/\d+ jobs, \d+ s", reports[0]), reports
+    table = open_table(Path(json.loads(rerun.stdout.strip().splitlines()[-1])["path"]))
     assert set(table.surfaces) == set(SURFACE_NAMES)
 
 
