@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 
 import proctree
 from calibration.calibrate import calibrate
-from calibration.store import SCHEMA_VERSION, open_table
+from calibration.store import SCHEMA_VERSION, FileLock, open_table
 from calibration.surfaces import SURFACE_NAMES
 from netlists.config import preset
 from netlists.errors import ConfigError, TableError
@@ -202,6 +203,25 @@ def test_two_processes_asking_for_the_same_calibration(tmp_path):
     assert outs[0]["path"] == outs[1]["path"]
     assert sorted(o["cache_hit"] for o in outs) == [False, True], "one built it, one waited"
     open_table(Path(outs[0]["path"]))
+
+
+def test_a_calibration_waiting_for_the_lock_says_who_builds_it(tiny_table):
+    lock = tiny_table.with_name(tiny_table.name + ".lock")
+    with FileLock(lock):  # this test process "builds" the calibration meanwhile
+        proc = subprocess.Popen([sys.executable, "-m", "circuitsim.cli", "calibrate",
+                                 "--preset", "tiny", "--out", str(tiny_table.parent),
+                                 "--force", "--json"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert proc.stderr is not None
+            ready, _, _ = select.select([proc.stderr], [], [], 30)
+            assert ready, "the waiting calibration speaks within 30 s"
+            assert proc.stderr.readline() == (
+                f"calibrate: calibration {tiny_table.stem} is being built by process "
+                f"{os.getpid()} (lock {lock}); waiting for it to finish ...\n")
+            assert proc.poll() is None, "and goes on waiting"
+        finally:
+            proctree.clean_up(proc, [])
 
 
 def test_dask_scheduler_gives_the_same_surfaces(tiny_table, tmp_path):
