@@ -36,7 +36,7 @@ from typing import Callable
 __all__ = ["EXIT_STATUS", "exit_with_parent", "parent_death_preexec"]
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-_KILL = int(signal.SIGKILL)
+_KILL = int(getattr(signal, "SIGKILL", 9))  # used on Linux only
 EXIT_STATUS = 70
 """Exit status of a process whose watchdog saw its parent go (EX_SOFTWARE)."""
 
