@@ -6,11 +6,13 @@ solver's step settings, every surface's sweep grid and representative netlist te
 ngspice version); its file is ``<preset>-<hash[:16]>.h5`` in the cache directory (or where
 ``out`` says). Asking again for a calibration whose file exists and validates is a cache hit
 and solves nothing. Otherwise, under a lock on the file (two processes asking for the same
-calibration wait for each other instead of both writing it), the jobs still missing from the
-``.parts`` directory beside the file are solved, each persisted as it completes; when all are
-done the surfaces are assembled and the table written atomically, and the parts removed. A
-killed calibration therefore resumes where it stopped and never leaves a complete-looking
-file behind.
+calibration wait for each other instead of both writing it; the one that waits says on
+stderr which process it waits for, then every minute how long it has waited), the jobs still
+missing from the ``.parts`` directory beside the file are solved, each persisted as it
+completes; when all are done the surfaces are assembled and the table written atomically,
+and the parts removed. A killed or interrupted calibration therefore resumes where it
+stopped and never leaves a complete-looking file behind; Ctrl-C stops its workers at once
+and raises KeyboardInterrupt.
 """
 
 from __future__ import annotations
@@ -115,6 +117,26 @@ def _progress_printer(stream=sys.stderr) -> Callable[[int, int], None]:
     return show
 
 
+def _waiting_printer(name: str, lock: Path) -> Callable[[int | None, float], None]:
+    """``FileLock``'s ``on_wait``: on stderr, who builds calibration ``name`` and that this
+    process waits for it; then, at each report, how long it has waited."""
+    said = [False]
+
+    def say(holder: int | None, waited_s: float) -> None:
+        who = f"process {holder}" if holder is not None else "another process"
+        if not said[0]:
+            said[0] = True
+            text = (f"calibrate: calibration {name} is being built by {who} (lock {lock}); "
+                    f"waiting for it to finish ...")
+        else:
+            text = (f"calibrate: still waiting for {who} to finish calibration {name} "
+                    f"({waited_s:.0f} s so far)")
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    return say
+
+
 def calibrate(hw: HardwareConfig, *, preset: str = "chip", solver: SolverConfig | None = None,
               surfaces: Sequence[str] | None = None, out: str | Path | None = None,
               workers: int = 2, scheduler: str | None = None, force: bool = False,
@@ -152,7 +174,8 @@ def calibrate(hw: HardwareConfig, *, preset: str = "chip", solver: SolverConfig 
     found = hit()
     if found is not None:
         return found
-    with FileLock(path.with_name(path.name + ".lock")):
+    lock = path.with_name(path.name + ".lock")
+    with FileLock(lock, on_wait=_waiting_printer(path.stem, lock)):
         found = hit()  # another process may have finished it while we waited
         if found is not None:
             return found

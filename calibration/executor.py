@@ -31,6 +31,17 @@ after all its attempts is a permanent failure; :class:`SweepFailed` is raised, n
 failed jobs by surface and parameters, as soon as there are more than ``max_failures`` of
 them: on a local pool after letting the (at most ``workers``) jobs already running finish
 and be reported, so their work is kept; on Dask the jobs not yet finished are cancelled.
+
+Stopping
+--------
+A local pool's workers die with the process that started them: when it is killed (even with
+``kill -9``), its workers and their ngspice processes follow it within a fraction of a
+second (:func:`calibration.worker.init_pool_worker`). Any other exception that leaves a
+sweep early, KeyboardInterrupt (Ctrl-C) included, terminates the workers at once instead of
+waiting for the jobs they run, and propagates; every job that finished before has been
+handed to ``on_result``, so what the caller saved stands. Workers ignore SIGINT: a Ctrl-C
+at a terminal, which reaches the whole process group, stops them through their parent.
+Dask workers are Dask's to manage.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import pickle
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -47,6 +59,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from calibration.worker import init_pool_worker
 from netlists.errors import CircuitSimError, ConfigError
 
 __all__ = ["Job", "JobFailure", "SweepFailed", "make_executor", "run_jobs"]
@@ -55,6 +68,9 @@ logger = logging.getLogger(__name__)
 
 _LISTED_FAILURES = 20
 """How many failed jobs a SweepFailed message lists (the rest are counted)."""
+
+_STOP_TIMEOUT_S = 5.0
+"""How long a terminated pool worker may take to exit before it is killed."""
 
 _WORKER_DIED = ("its worker process died (killed by a signal, crashed in native code, or "
                 "ran out of memory)")
@@ -181,13 +197,34 @@ def make_executor(*, workers: int = 2, scheduler: str | None = None,
             yield serial
         return
     pool = ProcessPoolExecutor(max_workers=workers,
-                               mp_context=multiprocessing.get_context("spawn"))
+                               mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init_pool_worker, initargs=(os.getpid(),))
     try:
         yield pool
-    finally:
-        # Jobs not started are dropped; the (at most `workers`) running ones are waited for,
-        # so no worker outlives the sweep.
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        # KeyboardInterrupt, or an error of the caller: what runs now is lost anyway.
+        _stop_workers(pool)
+        raise
+    # Jobs not started are dropped; the (at most `workers`) running ones are waited for,
+    # so no worker outlives the sweep.
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Shut ``pool`` down without waiting for its jobs: its workers are terminated (their
+    ngspice processes follow them) and gone when this returns."""
+    # No public handle on the workers before Python 3.14's terminate_workers(); copied
+    # first, because shutdown() forgets them.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(_STOP_TIMEOUT_S)
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 # --------------------------------------------------------------------------------------

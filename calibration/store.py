@@ -188,23 +188,35 @@ class FileLock:
     holder's PID, for the error message.
 
     ``timeout_s=None`` waits as long as it takes; otherwise a :class:`TableError` after
-    ``timeout_s`` seconds, polling every ``poll_s``. Not re-entrant; each instance is
-    used once at a time. POSIX only (``fcntl``); on NFS, ``flock`` is only as good as the
-    server's lock support.
+    ``timeout_s`` seconds, polling every ``poll_s``. While it waits, ``on_wait(holder,
+    waited_s)`` (if given) is called: once as soon as the lock turns out to be taken
+    (``waited_s`` about 0), then every ``report_every_s`` seconds; ``holder`` is the PID in
+    the lock file, or None when it names none. That is how a process that would otherwise
+    sit silent says what it waits for. Not re-entrant; each instance is used once at a
+    time. POSIX only (``fcntl``); on NFS, ``flock`` is only as good as the server's lock
+    support.
     """
 
     def __init__(self, path: Path | str, *, timeout_s: float | None = None,
-                 poll_s: float = 0.1) -> None:
+                 poll_s: float = 0.1,
+                 on_wait: Callable[[int | None, float], None] | None = None,
+                 report_every_s: float = 60.0) -> None:
         if timeout_s is not None and (isinstance(timeout_s, bool)
                                       or not isinstance(timeout_s, (int, float))
                                       or math.isnan(timeout_s) or timeout_s < 0):
             raise ValueError(f"timeout_s = {timeout_s!r} must be None or a number >= 0")
-        if isinstance(poll_s, bool) or not isinstance(poll_s, (int, float)) \
-                or not poll_s > 0 or not math.isfinite(poll_s):
-            raise ValueError(f"poll_s = {poll_s!r} must be a positive number of seconds")
+        for name, value in (("poll_s", poll_s), ("report_every_s", report_every_s)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not value > 0 or not math.isfinite(value):
+                raise ValueError(f"{name} = {value!r} must be a positive number of seconds")
+        if on_wait is not None and not callable(on_wait):
+            raise TypeError(f"on_wait = {on_wait!r} must be None or a callable "
+                            f"on_wait(holder_pid, waited_s)")
         self.path = Path(path)
         self.timeout_s = timeout_s
         self.poll_s = float(poll_s)
+        self.on_wait = on_wait
+        self.report_every_s = float(report_every_s)
         self._fd: int | None = None
 
     @property
@@ -219,32 +231,39 @@ class FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            if self.timeout_s is None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            else:
-                deadline = time.monotonic() + self.timeout_s
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except OSError as err:
-                        if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                            raise
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        holder = _read_holder(fd)
-                        raise TableError(
-                            f"{self.path}: lock still held after {self.timeout_s:g} s"
-                            f"{holder}: another process is writing this calibration. "
-                            f"Wait for it to finish (the result will then be in the cache), "
-                            f"or stop that process.")
-                    time.sleep(min(self.poll_s, left))
+            if not _try_flock(fd):
+                self._wait(fd)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
+
+    def _wait(self, fd: int) -> None:
+        """Wait until the lock that another process holds on ``fd``'s file is ours."""
+        start = time.monotonic()
+        deadline = None if self.timeout_s is None else start + self.timeout_s
+        next_report = start
+        while True:
+            now = time.monotonic()
+            if self.on_wait is not None and now >= next_report:
+                self.on_wait(_holder_pid(fd), now - start)
+                next_report = now + self.report_every_s
+            if deadline is None and self.on_wait is None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # nothing to report: let the kernel wait
+                return
+            if deadline is not None and now >= deadline:
+                holder = _holder_pid(fd)
+                by = f" (by process {holder})" if holder is not None else ""
+                raise TableError(
+                    f"{self.path}: lock still held after {self.timeout_s:g} s{by}: another "
+                    f"process is writing this calibration. Wait for it to finish (the "
+                    f"result will then be in the cache), or stop that process.")
+            pause = self.poll_s if deadline is None else min(self.poll_s, deadline - now)
+            time.sleep(pause)
+            if _try_flock(fd):
+                return
 
     def release(self) -> None:
         """Drop the lock; harmless if not held."""
@@ -263,12 +282,24 @@ class FileLock:
         self.release()
 
 
-def _read_holder(fd: int) -> str:
+def _try_flock(fd: int) -> bool:
+    """Take the exclusive lock on ``fd`` if it is free now; whether it was."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        return False
+    return True
+
+
+def _holder_pid(fd: int) -> int | None:
+    """The PID the lock's holder wrote into the lock file, or None."""
     try:
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
     except OSError:
-        return ""
-    return f" (by process {text})" if text.isdigit() else ""
+        return None
+    return int(text) if text.isdigit() else None
 
 
 # --------------------------------------------------------------------------------------

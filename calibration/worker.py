@@ -7,10 +7,14 @@ re-entrant, so one ngspice per process, and reusing it saves the worker start-up
 job (the runner itself recycles its ngspice after ``SolverConfig.recycle_after`` solves). The
 runner is created on the first job and replaced when a job comes with another solver
 configuration; it is closed when the process exits (or by :func:`close_runner`).
+
+A local pool's workers start with :func:`init_pool_worker`: they die with the process that
+started the pool, and leave Ctrl-C to it.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -21,7 +25,7 @@ from netlists.config import HardwareConfig, SolverConfig
 if TYPE_CHECKING:
     from circuitsim.runner import Runner
 
-__all__ = ["TASK_KEYS", "close_runner", "run_job", "runner_for"]
+__all__ = ["TASK_KEYS", "close_runner", "init_pool_worker", "run_job", "runner_for"]
 
 TASK_KEYS = ("hardware", "solver", "surface", "grid", "point")
 """The keys of a task dict (see :func:`run_job`)."""
@@ -30,6 +34,21 @@ _runner: "Runner | None" = None
 # Dask may run several tasks of one worker process in threads; the runner serializes its
 # own solves, this lock guards creating and replacing it.
 _runner_lock = threading.Lock()
+
+
+def init_pool_worker(parent_pid: int) -> None:
+    """The initializer of a local pool's worker process (``parent_pid``: the pool's owner).
+
+    The worker dies with its parent (parent-death signal and watchdog thread,
+    :mod:`circuitsim._lifeline`; the pool is started and shut down by one thread of the
+    parent, which the signal needs), and so do its ngspice processes, which follow their
+    own parent the same way. It ignores SIGINT, as its children then do: a Ctrl-C reaches
+    the whole process group, and the parent alone decides, by stopping the pool.
+    """
+    from circuitsim._lifeline import exit_with_parent
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent(parent_pid)
 
 
 def runner_for(solver: SolverConfig) -> "Runner":

@@ -6,9 +6,12 @@ malformed decks leave it in a state it "cannot recover" from. Hosting it in a th
 process lets the runner kill a hung solve, recycle the library periodically, and restart it
 after a fatal error without touching the caller's process.
 
-The runner starts this file as a fresh interpreter (``python -c <boot> _worker.py FD LIB``,
-never a fork of the caller, which may hold torch or threads) and talks to it over the
-socket ``FD`` with :class:`multiprocessing.connection.Connection` messages:
+The runner starts this file as a fresh interpreter (``python -c <boot> _worker.py FD LIB
+PID``, never a fork of the caller, which may hold torch or threads) and talks to it over the
+socket ``FD`` with :class:`multiprocessing.connection.Connection` messages. The worker ends
+when the runner's process ``PID`` ends, even mid-solve or killed with ``kill -9``
+(``_lifeline.py``'s watchdog thread; not the parent-death signal, which would follow the
+thread that started the worker, and a runner may be used from several threads):
 
 * worker -> runner, once: ``("ready", info)`` or ``("unavailable", message)``;
 * runner -> worker: ``("run", deck_text)`` -> ``("done", reply)`` (see :meth:`_Host.solve`),
@@ -27,6 +30,7 @@ failure: it returns the plot (if any) and ngspice's output, and the runner judge
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 import sys
@@ -34,6 +38,7 @@ import time
 import traceback
 import warnings
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -334,9 +339,21 @@ def serve(conn: Connection, library: str) -> int:
             return 0
 
 
+def _lifeline() -> Any:
+    """``_lifeline.py`` beside this file, loaded by path (the package is not on sys.path)."""
+    spec = importlib.util.spec_from_file_location(
+        "circuitsim_lifeline", Path(__file__).with_name("_lifeline.py"))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load _lifeline.py beside {__file__}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv: list[str]) -> int:
-    """Entry point: ``argv`` is ``[socket_fd, library_path]``."""
-    fd, library = int(argv[0]), argv[1]
+    """Entry point: ``argv`` is ``[socket_fd, library_path, runner_pid]``."""
+    fd, library, runner_pid = int(argv[0]), argv[1], int(argv[2])
+    _lifeline().exit_with_parent(runner_pid, death_signal=False)
     conn = Connection(fd)
     try:
         return serve(conn, library)

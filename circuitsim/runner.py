@@ -8,11 +8,14 @@ One interface, two backends (:class:`~netlists.config.SolverConfig` ``backend``)
     The worker is reused across solves (no per-solve process start), recycled after
     ``recycle_after`` solves (libngspice grows in memory over many loads), and killed and
     restarted when a solve runs past its time limit or ngspice declares itself unusable.
+    The worker ends when the runner's process ends (``_lifeline.py``), even if that process
+    is killed with ``kill -9``.
 ``batch``
     ``ngspice -b -r out.raw deck.cir``, one process per solve, with the deck and the raw
     file in a temporary directory (ngspice runs in the caller's directory, as the shared
     worker does, so relative ``.include`` paths behave alike); the ASCII raw file is read by
-    :mod:`circuitsim.rawfile`.
+    :mod:`circuitsim.rawfile`. On Linux, ngspice gets the parent-death signal: it is killed
+    when the runner's process dies.
 
 Both backends receive the same deck and return the same vector names:
 
@@ -130,6 +133,7 @@ from typing import IO, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from circuitsim._lifeline import parent_death_preexec
 from circuitsim.rawfile import read_raw
 from netlists.config import SolverConfig
 from netlists.errors import (
@@ -933,7 +937,8 @@ class _Worker:
         self._output: IO[bytes] = tempfile.TemporaryFile(prefix="circuitsim-worker-")
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, _WORKER_PATH, str(child.fileno()), library],
+                [sys.executable, "-c", _BOOT, _WORKER_PATH, str(child.fileno()), library,
+                 str(os.getpid())],
                 stdin=subprocess.DEVNULL, stdout=self._output, stderr=self._output,
                 pass_fds=(child.fileno(),), close_fds=True)
         except OSError as err:
@@ -1322,9 +1327,11 @@ class Runner:
             start = time.monotonic()
             # Run in the caller's directory, like the shared worker, so that relative
             # .include/.lib paths resolve the same way on both backends.
+            # ngspice dies with this process (this thread waits for it below).
             proc = subprocess.Popen(
                 [executable, "-b", "-r", str(raw), str(deck_path)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                preexec_fn=parent_death_preexec())
             try:
                 output, _ = proc.communicate(timeout=max(left, 0.0))
             except subprocess.TimeoutExpired:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import signal
 import subprocess
 import sys
@@ -17,8 +19,9 @@ import h5py
 import numpy as np
 import pytest
 
+import proctree
 from calibration.calibrate import calibrate
-from calibration.store import SCHEMA_VERSION, open_table
+from calibration.store import SCHEMA_VERSION, FileLock, open_table
 from calibration.surfaces import SURFACE_NAMES
 from netlists.config import preset
 from netlists.errors import ConfigError, TableError
@@ -133,6 +136,60 @@ def test_killed_calibration_resumes_and_never_looks_complete(tmp_path):
     assert set(table.surfaces) == set(SURFACE_NAMES)
 
 
+def _start_calibration(out: Path, **kw) -> tuple[subprocess.Popen, list[int]]:
+    """`circuitsim calibrate --preset tiny --workers 2` in a session of its own; returned
+    once both workers run their ngspice, with every process below it."""
+    proc = subprocess.Popen([sys.executable, "-m", "circuitsim.cli", "calibrate", "--preset",
+                             "tiny", "--out", str(out), "--workers", "2", "--json"],
+                            start_new_session=True, **kw)
+    below = proctree.wait_for_descendants(proc.pid, "_worker.py", 2, timeout_s=60)
+    if sum("_worker.py" in proctree.command_line(p) for p in below) < 2:
+        proctree.clean_up(proc, below)
+        pytest.fail("the calibration's two workers did not start their ngspice")
+    return proc, below
+
+
+def _saved_parts(out: Path) -> list[Path]:
+    return [p for d in out.glob("*.parts") for p in d.rglob("*.npz")]
+
+
+def test_killed_calibration_takes_its_workers_and_their_ngspice_along(tmp_path):
+    proc, below = _start_calibration(tmp_path, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+    try:
+        assert proc.poll() is None, "the calibration must still be running when it is killed"
+        assert proctree.kill_parent(proc, below) == {}
+    finally:
+        proctree.clean_up(proc, below)
+
+
+def test_interrupted_calibration_stops_its_workers_and_a_rerun_resumes(tmp_path):
+    proc, below = _start_calibration(tmp_path, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_saved_parts(tmp_path)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the calibration must still be running when interrupted"
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at a terminal reaches the whole group
+        _, stderr = proc.communicate(timeout=20)
+        assert proc.returncode in (130, -signal.SIGINT), stderr
+        assert stderr.count("Traceback") <= 1, "the workers leave Ctrl-C to their parent"
+        assert proctree.survivors(below, timeout_s=5) == {}
+    finally:
+        proctree.clean_up(proc, below)
+    assert not list(tmp_path.glob("*.h5")), "an interrupted calibration leaves no table"
+    saved = len(_saved_parts(tmp_path))
+    assert saved >= 2 and not list(tmp_path.rglob("*.tmp"))
+    rerun = _cli("calibrate", "--preset", "tiny", "--out", str(tmp_path), "--workers", "2",
+                 "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    reports = [line for line in rerun.stderr.splitlines() if line.startswith("calibrate: ")]
+    assert re.fullmatch(rf"calibrate: {saved}/\d+ jobs, \d+ s", reports[0]), reports
+    table = open_table(Path(json.loads(rerun.stdout.strip().splitlines()[-1])["path"]))
+    assert set(table.surfaces) == set(SURFACE_NAMES)
+
+
 def test_two_processes_asking_for_the_same_calibration(tmp_path):
     cmd = [sys.executable, "-m", "circuitsim.cli", "calibrate", "--preset", "tiny", "--out",
            str(tmp_path), "--surfaces", "tia,cell_read", "--workers", "1", "--json"]
@@ -146,6 +203,25 @@ def test_two_processes_asking_for_the_same_calibration(tmp_path):
     assert outs[0]["path"] == outs[1]["path"]
     assert sorted(o["cache_hit"] for o in outs) == [False, True], "one built it, one waited"
     open_table(Path(outs[0]["path"]))
+
+
+def test_a_calibration_waiting_for_the_lock_says_who_builds_it(tiny_table):
+    lock = tiny_table.with_name(tiny_table.name + ".lock")
+    with FileLock(lock):  # this test process "builds" the calibration meanwhile
+        proc = subprocess.Popen([sys.executable, "-m", "circuitsim.cli", "calibrate",
+                                 "--preset", "tiny", "--out", str(tiny_table.parent),
+                                 "--force", "--json"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert proc.stderr is not None
+            ready, _, _ = select.select([proc.stderr], [], [], 30)
+            assert ready, "the waiting calibration speaks within 30 s"
+            assert proc.stderr.readline() == (
+                f"calibrate: calibration {tiny_table.stem} is being built by process "
+                f"{os.getpid()} (lock {lock}); waiting for it to finish ...\n")
+            assert proc.poll() is None, "and goes on waiting"
+        finally:
+            proctree.clean_up(proc, [])
 
 
 def test_dask_scheduler_gives_the_same_surfaces(tiny_table, tmp_path):

@@ -13,6 +13,8 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 import pytest
 
+import proctree
 from calibration import worker
 from calibration.executor import Job, JobFailure, SweepFailed, make_executor, run_jobs
 from netlists.config import SolverConfig, preset
@@ -48,8 +51,10 @@ def _attempts(directory: Path, job: Job) -> int:
 
 
 def square_job(job: Job) -> dict[str, np.ndarray]:
-    """Fails on its first ``fail_first`` attempts, dies on its first ``kill_first``."""
+    """Fails on its first ``fail_first`` attempts, dies on its first ``kill_first``, sleeps
+    ``sleep_s`` first."""
     attempt = _count_attempt(job)
+    time.sleep(job.point.get("sleep_s", 0))
     if attempt <= job.point.get("kill_first", 0):
         os.kill(os.getpid(), signal.SIGKILL)
     if attempt <= job.point.get("fail_first", 0):
@@ -166,6 +171,58 @@ def test_killed_worker_is_replaced_and_its_jobs_resubmitted(tmp_path: Path) -> N
     assert _attempts(tmp_path, jobs[1]) == 2
     assert [f.job.index for f in failures] == [4]
     assert "worker process died" in failures[0].error and failures[0].attempts == 2
+
+
+# A sweep of a quick job and two that sleep for a minute on a pool of 2, in a process of its
+# own; prints each result as it is handed over, and "interrupted" on KeyboardInterrupt.
+_SLEEPY_SWEEP = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[2])
+    from calibration.executor import Job, run_jobs
+    from test_calibration_executor import square_job
+    jobs = [Job("sq", i, {"x": i, "dir": sys.argv[1], "sleep_s": 60 if i else 0})
+            for i in range(3)]
+    try:
+        run_jobs(jobs, square_job, workers=2,
+                 on_result=lambda job, result: print("result", job.index, flush=True))
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+""")
+
+
+def _start_sleepy_sweep(directory: Path) -> tuple[subprocess.Popen, list[int]]:
+    """Start _SLEEPY_SWEEP; return it once both sleepers run, with all its descendants."""
+    proc = subprocess.Popen([sys.executable, "-c", _SLEEPY_SWEEP, str(directory),
+                             str(REPO / "tests")], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO, start_new_session=True)
+    sleepers = [directory / f"sq-{i}.attempts" for i in (1, 2)]
+    deadline = time.monotonic() + 60
+    while not all(m.exists() for m in sleepers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(m.exists() for m in sleepers), "both sleeping jobs started"
+    return proc, proctree.descendants(proc.pid)
+
+
+def test_workers_die_with_a_killed_parent(tmp_path: Path) -> None:
+    proc, below = _start_sleepy_sweep(tmp_path)
+    try:
+        workers = [int(m.read_text()) for m in tmp_path.glob("sq-*.attempts")]
+        assert set(workers) <= set(below) and len(set(workers)) == 2
+        assert proctree.kill_parent(proc, below) == {}
+    finally:
+        proctree.clean_up(proc, below)
+
+
+def test_interrupt_stops_the_workers_at_once_and_propagates(tmp_path: Path) -> None:
+    proc, below = _start_sleepy_sweep(tmp_path)
+    try:
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=5)  # not the sleepers' minute
+        assert proc.returncode == 0
+        assert stdout.splitlines() == ["result 0", "interrupted"]
+        assert proctree.survivors(below, timeout_s=5) == {}
+    finally:
+        proctree.clean_up(proc, below)
 
 
 def test_serial_mode_runs_in_process_and_reuses_one_runner(

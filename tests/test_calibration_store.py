@@ -10,6 +10,8 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -325,13 +327,45 @@ _HOLD_LOCK = textwrap.dedent("""
 """)
 
 
-def test_lock_blocks_a_second_process_and_times_out(tmp_path: Path) -> None:
-    lock_path = tmp_path / "locks" / "cal.h5.lock"
+@contextmanager
+def _lock_held_elsewhere(lock_path: Path) -> Iterator[subprocess.Popen]:
+    """Another process holding ``lock_path`` until a line is written to its stdin."""
     holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(lock_path)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdin is not None and holder.stdout is not None
         assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        for stream in (holder.stdin, holder.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def _waits_until_released(holder: subprocess.Popen, lock: FileLock, seconds: float) -> None:
+    """``lock``, taken in a thread, is not had for ``seconds`` while ``holder`` holds it,
+    and is had soon after ``holder`` lets go."""
+    acquired = threading.Event()
+
+    def wait_for_lock() -> None:
+        with lock:
+            acquired.set()
+
+    waiter = threading.Thread(target=wait_for_lock)
+    waiter.start()
+    assert not acquired.wait(seconds)
+    assert holder.stdin is not None
+    holder.stdin.write("\n")
+    holder.stdin.flush()
+    assert acquired.wait(10)
+    waiter.join()
+
+
+def test_lock_blocks_a_second_process_and_times_out(tmp_path: Path) -> None:
+    lock_path = tmp_path / "locks" / "cal.h5.lock"
+    with _lock_held_elsewhere(lock_path) as holder:
         start = time.monotonic()
         with pytest.raises(TableError, match=rf"cal\.h5\.lock.*0\.3 s.*process {holder.pid}"
                                              rf".*another process is writing"):
@@ -339,44 +373,41 @@ def test_lock_blocks_a_second_process_and_times_out(tmp_path: Path) -> None:
                 pass
         assert time.monotonic() - start >= 0.3
         # A second asker waits while the lock is held and gets it once the holder lets go.
-        acquired = threading.Event()
+        _waits_until_released(holder, FileLock(lock_path, timeout_s=20, poll_s=0.02), 0.3)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "released"
 
-        def wait_for_lock() -> None:
-            with FileLock(lock_path, timeout_s=20, poll_s=0.02):
-                acquired.set()
 
-        waiter = threading.Thread(target=wait_for_lock)
-        waiter.start()
-        assert not acquired.wait(0.3)
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        assert acquired.wait(10)
-        waiter.join()
-        assert holder.stdout.readline().strip() == "released"
-    finally:
-        holder.kill()
-        holder.wait()
-        for stream in (holder.stdin, holder.stdout):
-            if stream is not None:
-                stream.close()
+def test_a_waiting_lock_names_its_holder_at_once_then_every_period(tmp_path: Path) -> None:
+    reports: list[tuple[int | None, float, float]] = []
+
+    def on_wait(holder: int | None, waited_s: float) -> None:
+        reports.append((holder, waited_s, time.monotonic()))
+
+    with FileLock(tmp_path / "free.lock", on_wait=on_wait):
+        pass
+    assert reports == [], "a free lock is taken without a word"
+    lock_path = tmp_path / "cal.h5.lock"
+    with _lock_held_elsewhere(lock_path) as holder:  # no timeout: as calibrate() waits
+        _waits_until_released(holder, FileLock(lock_path, poll_s=0.02, on_wait=on_wait,
+                                               report_every_s=0.2), 0.7)
+    assert len(reports) >= 3
+    assert {pid for pid, _, _ in reports} == {holder.pid}
+    assert reports[0][1] < 0.1, "the first report comes as soon as the lock is found taken"
+    gaps = np.diff([at for _, _, at in reports])
+    assert np.all(gaps >= 0.2), "then one every report_every_s, not one every poll"
+    with pytest.raises(ValueError, match="report_every_s"):
+        FileLock(lock_path, report_every_s=0)
+    with pytest.raises(TypeError, match="on_wait"):
+        FileLock(lock_path, on_wait="print")  # type: ignore[arg-type]
 
 
 def test_lock_is_released_when_its_holder_is_killed(tmp_path: Path) -> None:
     lock_path = tmp_path / "cal.h5.lock"
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(lock_path)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    with _lock_held_elsewhere(lock_path) as holder:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
         with FileLock(lock_path, timeout_s=5):
             pass
-    finally:
-        holder.kill()
-        holder.wait()
-        for stream in (holder.stdin, holder.stdout):
-            if stream is not None:
-                stream.close()
 
 
 def test_importing_the_store_imports_neither_torch_nor_distributed() -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import proctree
 from circuitsim import runner as runner_module
 from circuitsim.rawfile import parse_raw
 from circuitsim.runner import (
@@ -37,6 +39,7 @@ from netlists.errors import (
 pytestmark = pytest.mark.timeout(120)
 
 BACKENDS = ("shared", "batch")
+REPO = Path(__file__).resolve().parents[1]
 
 # Title deliberately contains "error": PySpice would flag this successful solve as failed.
 DIVIDER = """error budget divider
@@ -245,6 +248,36 @@ def test_timeout_kills_the_solve_and_runner_recovers(backend: str) -> None:
         with pytest.raises(SimulationTimeout, match=r"endless-run"):
             runner.run(ENDLESS, name="endless-run", timeout_s=1)
         assert runner.run(DIVIDER, name="after")["v(out)"][0] == pytest.approx(2.0)
+
+
+# A runner in a process of its own: a warm-up solve, then ENDLESS (argv: backend, decks).
+_RUNNER_PROCESS = """
+import sys
+from circuitsim.runner import Runner
+from netlists.config import SolverConfig
+runner = Runner(SolverConfig(backend=sys.argv[1]))
+runner.run(sys.argv[2], name="warm-up")
+print("solving", flush=True)
+runner.run(sys.argv[3], name="endless", timeout_s=100)
+"""
+
+
+@pytest.mark.spice
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ngspice_dies_with_the_runner_process_mid_solve(backend: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _RUNNER_PROCESS, backend, DIVIDER, ENDLESS],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO,
+                            start_new_session=True)
+    below: list[int] = []
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "solving"
+        marker = "_worker.py" if backend == "shared" else " -b -r "
+        below = proctree.wait_for_descendants(proc.pid, marker, 1, timeout_s=30)
+        assert any(marker in proctree.command_line(p) for p in below)
+        time.sleep(0.5)  # well inside the endless transient
+        assert proctree.kill_parent(proc, below) == {}
+    finally:
+        proctree.clean_up(proc, below)
 
 
 @pytest.mark.spice
