@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+import proctree
 import pytest
 
 from circuitsim import cli
@@ -207,24 +208,6 @@ def test_negative_numbers_are_values(capsys):
     assert "expected one argument" not in err and "width -1e-07 s" in err
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
 def test_ctrl_c_exits_130_with_one_line_and_stops_ngspice():
     import signal
     import subprocess
@@ -233,34 +216,23 @@ def test_ctrl_c_exits_130_with_one_line_and_stops_ngspice():
 
     proc = subprocess.Popen([sys.executable, "-m", "circuitsim.cli", "device", "pulses",
                              "--set", "5000", "--reset", "0", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    workers: list[int] = []
     try:
-        deadline = time.monotonic() + 60
-        while not _descendants(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        workers = _descendants(proc.pid)
+        workers = proctree.wait_for_descendants(proc.pid, "_worker.py", 1, timeout_s=60)
         assert workers, "the ngspice worker process never started"
         time.sleep(1.0)  # inside the transient
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            proctree.clean_up(proc, workers)
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["circuitsim: interrupted: nothing was written"], err
     answer = json.loads(out.strip().splitlines()[-1])
     assert answer["kind"] == "Interrupted" and answer["status"] == 130
-    time.sleep(0.5)
-    alive = [pid for pid in workers if _alive(pid)]
-    assert not alive, f"worker processes left running: {alive}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
-    except OSError:
-        return False
-
+    assert not proctree.survivors(workers, timeout_s=5.0), "worker processes left running"
 
 def _last_json(text: str) -> dict:
     return json.loads(text.strip().splitlines()[-1])
