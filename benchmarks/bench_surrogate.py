@@ -183,9 +183,8 @@ def bench_spice(table: Table, read_seconds_per_vmm: float, *, seed: int = 0) -> 
     """One whole-tile ngspice solve of a random tile of the table's size, and the surrogate's
     error on it."""
     from calibration.validate import table_solver
-    from circuitsim.cli import random_tile
     from circuitsim.runner import Runner, check_ngspice
-    from circuitsim.tile import solve_tile
+    from circuitsim.tile import random_tile, solve_tile
 
     info = check_ngspice()
     s = TileSurrogate(table, dtype=torch.float64)

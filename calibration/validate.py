@@ -188,7 +188,7 @@ def validate(table: Table, *, cases: int = 20, seed: int = 0, rows: int | None =
     """Draw ``cases`` held-out cases, solve each in ngspice and in the surrogate, compare."""
     import torch
 
-    from calibration.surfaces.array import level_table
+    from circuitsim.tile import level_table
     from calibration.surrogate import TileSurrogate
     from circuitsim.runner import Runner
 

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.spice, pytest.mark.timeout(300)]
 
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "circuitsim.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True,
                           text=True, timeout=280, **kw)
 
 
@@ -112,7 +112,7 @@ def test_corrupted_table_is_reported_then_rebuilt_with_force(tiny_table, tmp_pat
 
 
 def test_killed_calibration_resumes_and_never_looks_complete(tmp_path):
-    cmd = [sys.executable, "-m", "circuitsim.cli", "calibrate", "--preset", "tiny", "--out",
+    cmd = [sys.executable, "-m", "cli", "calibrate", "--preset", "tiny", "--out",
            str(tmp_path), "--workers", "1", "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -139,7 +139,7 @@ def test_killed_calibration_resumes_and_never_looks_complete(tmp_path):
 def _start_calibration(out: Path, **kw) -> tuple[subprocess.Popen, list[int]]:
     """`circuitsim calibrate --preset tiny --workers 2` in a session of its own; returned
     once both workers run their ngspice, with every process below it."""
-    proc = subprocess.Popen([sys.executable, "-m", "circuitsim.cli", "calibrate", "--preset",
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "calibrate", "--preset",
                              "tiny", "--out", str(out), "--workers", "2", "--json"],
                             start_new_session=True, **kw)
     below = proctree.wait_for_descendants(proc.pid, "_worker.py", 2, timeout_s=60)
@@ -193,7 +193,7 @@ def test_interrupted_calibration_stops_its_workers_and_a_rerun_resumes(tmp_path)
 
 
 def test_two_processes_asking_for_the_same_calibration(tmp_path):
-    cmd = [sys.executable, "-m", "circuitsim.cli", "calibrate", "--preset", "tiny", "--out",
+    cmd = [sys.executable, "-m", "cli", "calibrate", "--preset", "tiny", "--out",
            str(tmp_path), "--surfaces", "tia,cell_read", "--workers", "1", "--json"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -210,7 +210,7 @@ def test_two_processes_asking_for_the_same_calibration(tmp_path):
 def test_a_calibration_waiting_for_the_lock_says_who_builds_it(tiny_table):
     lock = tiny_table.with_name(tiny_table.name + ".lock")
     with FileLock(lock):  # this test process "builds" the calibration meanwhile
-        proc = subprocess.Popen([sys.executable, "-m", "circuitsim.cli", "calibrate",
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "calibrate",
                                  "--preset", "tiny", "--out", str(tiny_table.parent),
                                  "--force", "--json"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)

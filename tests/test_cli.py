@@ -15,7 +15,7 @@ pytestmark = pytest.mark.spice
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "circuitsim.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True,
                           text=True, timeout=300, env=env)
 
 
@@ -81,7 +81,7 @@ def test_bad_config_file(tmp_path):
 
 def test_missing_ngspice_says_how_to_install(tmp_path):
     env = dict(os.environ, PATH=str(tmp_path), NGSPICE_LIBRARY_PATH=str(tmp_path / "none.so"))
-    proc = subprocess.run([sys.executable, "-m", "circuitsim.cli", "device", "pulses", "--set",
+    proc = subprocess.run([sys.executable, "-m", "cli", "device", "pulses", "--set",
                            "1", "--reset", "0"], capture_output=True, text=True, env=env,
                           timeout=120)
     assert proc.returncode == 2

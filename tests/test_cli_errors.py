@@ -1,7 +1,7 @@
 """Bad input over every subcommand: exit status 2, a message naming the option, one JSON
 error object on stdout with ``--json``, and no file changed.
 
-One table of cases, run in this process through ``circuitsim.cli.main`` (each case would
+One table of cases, run in this process through ``cli.main`` (each case would
 cost a second or more of start-up as a subprocess); the subprocess path is covered by the
 tests that follow it and by ``test_cli.py``.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 import proctree
 import pytest
 
-from circuitsim import cli
+from cli.main import main
+from cli.parser import build_parser
 
 pytestmark = pytest.mark.spice
 
@@ -163,7 +164,7 @@ def test_bad_input_is_refused_with_the_option_named(argv, option, workspace, req
                        ckpt=workspace["ckpt"], ro=ro, full=full).split()
     before = _snapshot(workspace["root"], tmp_path)
 
-    status = cli.main(args + ["--json"])
+    status = main(args + ["--json"])
 
     out, err = capsys.readouterr()
     assert status == 2, err
@@ -180,7 +181,7 @@ def test_bad_input_is_refused_with_the_option_named(argv, option, workspace, req
 
 
 def test_every_option_has_help():
-    parser = cli.build_parser()
+    parser = build_parser()
     missing = []
 
     def walk(p, prefix):
@@ -196,14 +197,14 @@ def test_every_option_has_help():
 
 
 def test_without_json_nothing_goes_to_stdout(capsys):
-    assert cli.main(["array", "--seed", "-1"]) == 2
+    assert main(["array", "--seed", "-1"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "--seed" in err
 
 
 def test_negative_numbers_are_values(capsys):
     """``--width -1e-7`` is the option's value (refused for its range), not an option."""
-    assert cli.main(["device", "pulses", "--set", "1", "--reset", "0", "--width", "-1e-7"]) == 2
+    assert main(["device", "pulses", "--set", "1", "--reset", "0", "--width", "-1e-7"]) == 2
     err = capsys.readouterr().err
     assert "expected one argument" not in err and "width -1e-07 s" in err
 
@@ -214,7 +215,7 @@ def test_ctrl_c_exits_130_with_one_line_and_stops_ngspice():
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "circuitsim.cli", "device", "pulses",
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "device", "pulses",
                              "--set", "5000", "--reset", "0", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -241,7 +242,7 @@ def _last_json(text: str) -> dict:
 def test_validate_keeps_its_results_when_the_plot_fails(workspace, small_dir, capsys):
     """The folder passes the write check, the PNG does not fit: the solved cases are
     still reported, with the plot's error, and the status says something failed."""
-    status = cli.main(["validate", "--table", str(workspace["table"]), "--cases", "1",
+    status = main(["validate", "--table", str(workspace["table"]), "--cases", "1",
                        "--plot", str(small_dir / "p.png"), "--json"])
     out, err = capsys.readouterr()
     assert status == 1, err
@@ -254,7 +255,7 @@ def test_validate_keeps_its_results_when_the_plot_fails(workspace, small_dir, ca
 
 def test_train_keeps_its_checkpoint_when_the_plot_fails(workspace, small_dir, tmp_path,
                                                         capsys):
-    status = cli.main(["train", "--mode", "float", "--epochs", "1", "--test-size", "200",
+    status = main(["train", "--mode", "float", "--epochs", "1", "--test-size", "200",
                        "--out", str(tmp_path / "run"), "--plot", str(small_dir), "--json"])
     out, err = capsys.readouterr()
     assert status == 1, err

@@ -121,7 +121,7 @@ def test_surrogate_matches_whole_tile_ngspice_solves(table):
 def test_validate_command_line_contract(tiny_calibration, tmp_path):
     plot = tmp_path / "validate.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "circuitsim.cli", "validate", "--table", str(tiny_calibration),
+        [sys.executable, "-m", "cli", "validate", "--table", str(tiny_calibration),
          "--cases", "2", "--json", "--plot", str(plot)],
         check=False, capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stderr
@@ -424,7 +424,7 @@ def test_bad_conductance_maps_and_settings_are_refused(table, surrogate):
 @pytest.mark.parametrize("cases", ["0", "-1", "two"])
 def test_validate_command_line_refuses_a_bad_case_count(tiny_calibration, cases):
     proc = subprocess.run(
-        [sys.executable, "-m", "circuitsim.cli", "validate", "--table", str(tiny_calibration),
+        [sys.executable, "-m", "cli", "validate", "--table", str(tiny_calibration),
          "--cases", cases, "--json"], check=False, capture_output=True, text=True, timeout=120)
     # argparse's usage error: refused before any table is read or ngspice started.
     assert proc.returncode == 2

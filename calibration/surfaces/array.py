@@ -49,11 +49,12 @@ from calibration.irdrop import (
     ideal_column_currents,
     lsb_current_a,
 )
+from circuitsim.tile import level_table
 from netlists.array import render_cell_read_deck, render_tile_op_deck
 from netlists.config import HardwareConfig
 from netlists.errors import ConfigError, SimulatorError
 
-__all__ = ["ArrayGrid", "ArraySurface", "SURFACE", "level_table", "tia_linear_limit_v"]
+__all__ = ["ArrayGrid", "ArraySurface", "SURFACE", "tia_linear_limit_v"]
 
 #: Key under which a job reports its ngspice runs (``calibration.calibrate.SPICE_RUNS_KEY``).
 
@@ -115,24 +116,6 @@ def tia_linear_limit_v(hw: HardwareConfig) -> float:
     """Largest |TIA output| counted as linear: the nearer rail less three knee widths, V."""
     t = hw.tia
     return min(-t.v_rail_low_v, t.v_rail_high_v) - 3.0 * t.v_clamp_knee_v
-
-
-def level_table(hw: HardwareConfig, runner: Any, levels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(states, read conductances in S) of ``levels`` programmable levels evenly spaced in
-    conductance over the 1T1R cell's window. Two ngspice ``.op`` runs: the cell's
-    conductance curve over the state, then the level states themselves (so that ``g`` is
-    solved, not interpolated)."""
-    from circuitsim.device import cell_conductance_curve
-    from circuitsim.tile import measure_cell_conductance
-
-    n_grid, g_grid = cell_conductance_curve(hw, runner=runner)
-    if np.any(np.diff(g_grid) <= 0):
-        raise SimulatorError("the cell's read conductance is not monotonic in the state",
-                             netlist="cell_curve")
-    level_g = np.linspace(g_grid[0], g_grid[-1], levels)
-    states = np.clip(np.interp(level_g, g_grid, n_grid), hw.device.n_min, hw.device.n_max)
-    g = measure_cell_conductance(hw, states, runner=runner, name="array_levels")
-    return states, g
 
 
 def _planes(hw: HardwareConfig, g: np.ndarray, rng: np.random.Generator, count: int

@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from calibration.base import Array, SurfaceData, preset_grid, result_vector
-from calibration.surfaces.array import level_table
+from circuitsim.tile import level_table
 from netlists.config import HardwareConfig
 from netlists.energy_decks import (
     PULSE_SOURCES,
