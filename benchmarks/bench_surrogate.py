@@ -56,7 +56,7 @@ import torch
 
 from bench_spice import median_time
 from calibration.store import Table, open_table
-from calibration.surrogate import TileSurrogate
+from surrogate.tile import TileSurrogate
 
 LEVELS = 128
 _TARGET_S = 0.005
@@ -182,7 +182,7 @@ def bench_geometry(label: str, table: Table, *, rows: int | None, batch: int, re
 def bench_spice(table: Table, read_seconds_per_vmm: float, *, seed: int = 0) -> dict[str, Any]:
     """One whole-tile ngspice solve of a random tile of the table's size, and the surrogate's
     error on it."""
-    from calibration.validate import table_solver
+    from surrogate.validate import table_solver
     from circuitsim.runner import Runner, check_ngspice
     from circuitsim.tile import random_tile, solve_tile
 

@@ -199,7 +199,7 @@ _FLOOR, _SET, _RESET, _DONE = 0, 1, 2, 3
 
 def whole_number(label: str, value: object, lo: int = 1) -> int:
     """``value`` as an int; ConfigError naming ``label`` unless it is a whole number >= ``lo``
-    (the procedure's caps, also checked by ``calibration.program_model``)."""
+    (the procedure's caps, also checked by ``surrogate.program_model``)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
         raise ConfigError(f"{label} = {value!r} must be a whole number >= {lo}")
     return int(value)

@@ -259,7 +259,7 @@ def _case_progress(label: str):
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from calibration.validate import plot_validation, validate
+    from surrogate.validate import plot_validation, validate
     from circuitsim.runner import check_ngspice
 
     check_ngspice()

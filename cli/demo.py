@@ -25,7 +25,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     from calibration.calibrate import calibrate
     from calibration.store import open_table
-    from calibration.validate import validate
+    from surrogate.validate import validate
     from circuitsim.device import simulate_pulses
     from circuitsim.tile import ideal_codes, random_tile, solve_tile
     from training.trainer import TrainConfig, train

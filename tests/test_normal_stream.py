@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from calibration.normal_stream import NormalStream
+from surrogate.normal_stream import NormalStream
 from netlists.errors import ConfigError
 
 REQUESTS = [5, 40, 17, 64, 3, 100, 64, 1, 200, 33]

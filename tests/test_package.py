@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["netlists", "circuitsim", "calibration", "training", "cli"]
+LAYERS = ["netlists", "circuitsim", "calibration", "surrogate", "training", "cli"]
 
 
 def test_import_circuitsim_does_not_import_torch():
@@ -18,6 +18,15 @@ def test_import_circuitsim_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("layer", LAYERS[:LAYERS.index("surrogate")])
+def test_no_layer_below_the_surrogate_imports_torch(layer):
+    for path in (ROOT / layer).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            assert "torch" not in [n.split(".")[0] for n in names], f"{path} imports torch"
 
 
 @pytest.mark.parametrize("layer", LAYERS)

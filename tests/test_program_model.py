@@ -1,4 +1,4 @@
-"""Write-and-verify in torch (calibration.program_model) against ngspice and its own table.
+"""Write-and-verify in torch (surrogate.program_model) against ngspice and its own table.
 
 Everything runs on the ``tiny`` preset's calibration. Its programming grid has three
 amplitudes (1.5, 2.25, 3 V), so between them the pulse response is interpolated across
@@ -8,7 +8,7 @@ such an error shifts where the ramp crosses a target by up to ~0.7 step. That, a
 Monte Carlo noise, is why the comparisons with ngspice carry an allowance on top of the
 sampling spread: one SET pulse, 10 % of the mean pulse count, 0.1 level of mean error and
 25 % of the error spread. (On the chip grid, 0.1 V, the same comparisons agree within the
-sampling spread: the module docstring of calibration.program_model has the numbers.)
+sampling spread: the module docstring of surrogate.program_model has the numbers.)
 
 The sampling spread itself comes from the surrogate: programming the same devices (the
 same ``kd``, ``wd``) many times gives as many synthetic repeats of the ngspice experiment,
@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 import torch
 
-from calibration import program_model
-from calibration.program_model import Devices, ProgrammingModel, ProgramResult
+from surrogate import program_model
+from surrogate.program_model import Devices, ProgrammingModel, ProgramResult
 from calibration.store import Table, open_table
 from circuitsim.write_verify import write_verify
 from netlists.errors import ConfigError, TableError

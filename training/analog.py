@@ -1,11 +1,11 @@
 """Analog layers: weights held as conductance pairs on simulated 1T1R tiles.
 
 A simulated :class:`AnalogChip` is one calibration table made executable: the surrogate read
-path (``calibration.surrogate.TileSurrogate``: bit-serial inputs, IR drop, TIA, multi-cycle
+path (``surrogate.tile.TileSurrogate``: bit-serial inputs, IR drop, TIA, multi-cycle
 ADC front-end, ADC; read and ADC noise), the write path
-(``calibration.program_model.ProgrammingModel``: write-and-verify on the calibrated pulse
+(``surrogate.program_model.ProgrammingModel``: write-and-verify on the calibrated pulse
 response), two seeded random streams (one for the devices and their programming, one for
-read noise, made ahead on a second core: ``calibration.normal_stream``), and a
+read noise, made ahead on a second core: ``surrogate.normal_stream``), and a
 device-to-device draw per device placed on it.
 
 Mapping a weight matrix ``w`` (out x in) onto tiles of ``R`` rows x ``C`` columns
@@ -60,10 +60,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibration.normal_stream import NormalStream
-from calibration.program_model import Devices, ProgrammingModel
+from surrogate.normal_stream import NormalStream
+from surrogate.program_model import Devices, ProgrammingModel
 from calibration.store import Table, open_table
-from calibration.surrogate import PreparedTiles, TileSurrogate
+from surrogate.tile import PreparedTiles, TileSurrogate
 from netlists.config import HardwareConfig
 from netlists.errors import ConfigError
 
@@ -130,7 +130,7 @@ class AnalogChip:
 
     ``seed`` seeds the chip's random streams: ``generator`` for the device-to-device draws
     of the devices that layers place on it and the cycle-to-cycle draws of every programming
-    pulse, ``noise`` (a :class:`~calibration.normal_stream.NormalStream`) for read and ADC
+    pulse, ``noise`` (a :class:`~surrogate.normal_stream.NormalStream`) for read and ADC
     noise.
     ``method``: how the surrogate computes a tile's effective conductances after each
     programming (``"fast"``: the matrix iteration, within 0.05 LSB of ``"exact"`` on 64x64).
@@ -163,7 +163,7 @@ class AnalogChip:
         self.statistical = StatisticalProgramming(table, self.programmer) \
             if programming == "statistical" else None
         self.generator = torch.Generator(self.device).manual_seed(seed)
-        # the read noise: its own stream, made ahead (see calibration.normal_stream)
+        # the read noise: its own stream, made ahead (see surrogate.normal_stream)
         noise_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
         self.noise = NormalStream(noise_seed, device=self.device)
         self.hw: HardwareConfig = self.reader.hw

@@ -32,13 +32,13 @@ is decided once per programming from a bound (every input bit at 1 on a column,
 ``G v_read sum_i W_ij`` within ``tia_linear_limit_v``); tiles that can reach a rail (e.g.
 256-row tiles at high conductance) take the exact path instead: the eight planes' currents
 in one batched GEMM, the TIA's DC transfer interpolated from the table for each, then the
-same ``a``. The validation (``calibration.validate``) compares both against full ngspice
+same ``a``. The validation (``surrogate.validate``) compares both against full ngspice
 solves. :meth:`TileSurrogate.analog_columns` and :meth:`TileSurrogate.codes_columns` are the
 shortcut with the input vectors along the last axis (the layout of unfolded convolutions;
 what the training layers use), the ADC's LSB folded into the operands for the codes.
 
 Noise (seeded through a ``torch.Generator``, or drawn from a
-:class:`~calibration.normal_stream.NormalStream`; off without either). Read noise: every
+:class:`~surrogate.normal_stream.NormalStream`; off without either). Read noise: every
 cell read (one per bit-plane) deviates by ``N(0, sigma_g^2)`` with ``sigma_g =
 read_noise_sigma x`` the read window (``DeviceParams.read_noise_sigma``; not in the SPICE
 decks, which are deterministic). Its effect on ``D`` is Gaussian with variance
@@ -57,10 +57,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from calibration.normal_stream import NormalStream
 from calibration.store import Table
 from netlists.config import HardwareConfig
 from netlists.errors import ConfigError, TableError
+from surrogate.normal_stream import NormalStream
 
 __all__ = ["TileSurrogate", "PreparedTiles", "TileRead", "effective_conductance"]
 

@@ -17,7 +17,7 @@ Compared: the accumulated front-end voltage ``D`` before the final conversion, i
 the fraction of identical codes, and the same errors for an ideal linear crossbar of the
 same cell conductances (``D = R_f v_read x @ g / 2^bits``). Speed: the mean ngspice solve
 time per case against the surrogate's time per VMM at batch 1024 (one programmed tile,
-:meth:`~calibration.surrogate.TileSurrogate.read` without noise, median of repeats).
+:meth:`~surrogate.tile.TileSurrogate.read` without noise, median of repeats).
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def validate(table: Table, *, cases: int = 20, seed: int = 0, rows: int | None =
     import torch
 
     from circuitsim.tile import level_table
-    from calibration.surrogate import TileSurrogate
+    from surrogate.tile import TileSurrogate
     from circuitsim.runner import Runner
 
     surrogate = TileSurrogate(table, rows=rows, cols=cols, method=method)
