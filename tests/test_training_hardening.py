@@ -1,9 +1,13 @@
-"""Runs that must fail cleanly: divergence caught before the analog read.
+"""Runs that must fail cleanly: checkpoint checksums, divergence caught before the analog
+read.
 
-Analog layers use the ``tiny`` calibration.
+Analog runs use the ``tiny`` calibration and the small MNIST-format folder of
+``conftest.digits``.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,11 +16,65 @@ from torch import nn
 from calibration.store import open_table
 from training.analog import AnalogChip, AnalogLinear, NonFiniteValues
 from training.optim import MixedPrecisionOptimizer
+from training.trainer import TrainConfig, TrainingError, load_checkpoint, train
 
 
 @pytest.fixture(scope="module")
 def table(tiny_calibration):
     return open_table(tiny_calibration)
+
+
+def _cfg(digits: Path, **kw) -> TrainConfig:
+    base = dict(model="lenet", dataset=f"mnist:{digits}", epochs=1, batch_size=32, lr=3e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def whole(table, digits, tmp_path_factory):
+    """A two-epoch mixed run."""
+    return train(_cfg(digits, epochs=2), out=tmp_path_factory.mktemp("whole"), table=table)
+
+
+# -- 3. checkpoints carry a checksum ---------------------------------------------------------
+def _tensor_offset(data: bytes, tensor: torch.Tensor) -> int:
+    raw = tensor.contiguous().numpy().tobytes()
+    at = data.find(raw)
+    assert at > 0 and data.find(raw, at + 1) < 0, "the tensor's bytes are not unique"
+    return at + len(raw) // 2
+
+
+@pytest.mark.spice
+def test_a_damaged_checkpoint_is_refused(whole, tmp_path):
+    data = whole.checkpoint.read_bytes()
+    saved = load_checkpoint(whole.checkpoint)["model"]
+    positions = {
+        "device states": _tensor_offset(data, saved["features.0.tiles.state"]),
+        "write counters": _tensor_offset(data, saved["classifier.1.tiles.write_count"]),
+        "middle": len(data) // 2,
+        "pickled structure": data.find(b"data.pkl") + 40,
+        "header digest": len(b"circuitsim-checkpoint 2 sha256:") + 5,
+    }
+    for what, at in positions.items():
+        bad = tmp_path / f"flipped-{what.replace(' ', '-')}.pt"
+        bad.write_bytes(data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1:])
+        with pytest.raises(TrainingError) as excinfo:
+            load_checkpoint(bad)
+        assert str(bad) in str(excinfo.value) and "damaged" in str(excinfo.value), what
+    for keep in (len(data) - 1, len(data) // 3, 40):
+        cut = tmp_path / f"cut-{keep}.pt"
+        cut.write_bytes(data[:keep])
+        with pytest.raises(TrainingError, match="damaged") as excinfo:
+            load_checkpoint(cut)
+        assert str(cut) in str(excinfo.value)
+    assert load_checkpoint(whole.checkpoint)["epoch"] == 2          # the original is intact
+
+
+def test_a_checkpoint_without_checksum_is_refused(tmp_path):
+    old = tmp_path / "checkpoint.pt"
+    torch.save({"format": 1, "config": {}, "epoch": 1}, old)      # what format 1 wrote
+    with pytest.raises(TrainingError, match="format 1, which carries no checksum") as excinfo:
+        load_checkpoint(old)
+    assert str(old) in str(excinfo.value) and "train again" in str(excinfo.value)
 
 
 # -- 4. divergence is caught before the analog read ------------------------------------------

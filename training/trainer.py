@@ -16,7 +16,9 @@ parameters and buffers, i.e. the high-precision weights, the devices' states and
 device-to-device draws, the per-device write and pulse counters, the optimizer's state with
 the accumulators, every random stream, and the history), so an interrupted run resumes
 with ``resume=True`` where it stopped, bit for bit (resuming a finished run reports it
-without training). A non-finite loss stops the run with an error and leaves the last
+without training). The checkpoint file carries a SHA-256 of its content, checked on every
+load (``training.checkpoint``): a damaged or cut file is an error, never other weights.
+A non-finite loss stops the run with an error and leaves the last
 checkpoint as it was.
 
 Evaluation reads the test split through the same analog path (with read and ADC noise) on
@@ -40,10 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibration.store import Table, atomic_write, open_table
-from netlists.errors import CircuitSimError, ConfigError
+from calibration.store import Table, open_table
+from netlists.errors import ConfigError
 from training.analog import PROGRAMMING, AnalogChip, analog_layers, from_digital
+from training.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, write_checkpoint
 from training.data import Dataset, batches, load_dataset
+from training.errors import TrainingError
 from training.models import MODEL_NAMES, build_model
 from training.optim import MODES, MixedPrecisionOptimizer
 
@@ -53,11 +57,6 @@ __all__ = ["TrainConfig", "TrainResult", "TrainingError", "train", "evaluate",
 TRAIN_MODES = ("float",) + MODES
 OPTIMIZERS = ("sgd", "adam", "adamw")
 CHECKPOINT_NAME = "checkpoint.pt"
-_CHECKPOINT_FORMAT = 1
-
-
-class TrainingError(CircuitSimError):
-    """A run that cannot go on (non-finite loss, unusable checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -190,11 +189,6 @@ def _progress(stream: TextIO, label: str) -> Callable[[int, int, float], None]:
     return show
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
 @torch.no_grad()
 def accuracy(model: nn.Module, split: Any, *, batch_size: int = 256,
              device: torch.device | None = None) -> float:
@@ -253,17 +247,14 @@ def _set_rng_state(state: dict[str, Any], chip: AnalogChip | None,
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`train`; TrainingError if it is not one."""
+    """Read a checkpoint written by :func:`train`, its checksum verified
+    (``training.checkpoint``); TrainingError if it is damaged or not one."""
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"no checkpoint at {path}: train first (`circuitsim train ... "
                             f"--out {path.parent}`)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means unusable
-        raise TrainingError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
-                            f"{err}); train again or restore it") from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != _CHECKPOINT_FORMAT:
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"{path} is not a circuitsim training checkpoint (format "
                             f"{ckpt.get('format') if isinstance(ckpt, dict) else None!r})")
     return ckpt
@@ -360,8 +351,9 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
         stream.write(f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}, train "
                      f"{100 * entry['train_accuracy']:.2f}%, test {100 * test_acc:.2f}%, "
                      f"{seconds:.1f} s, {writes} device writes\n")
-        _atomic_save({
-            "format": _CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
+        out.mkdir(parents=True, exist_ok=True)
+        write_checkpoint({
+            "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "rng": _rng_state(chip, shuffle), "history": history,
             "table_path": str(table.path) if (cfg.analog and table is not None) else None,
