@@ -1,5 +1,6 @@
-"""Runs that must fail cleanly: checkpoint checksums, divergence caught before the analog
-read.
+"""Runs that must fail cleanly or not at all: evaluation on the run's own held-out split,
+the calibration table named in results, checkpoint checksums, divergence caught before the
+analog read.
 
 Analog runs use the ``tiny`` calibration and the small MNIST-format folder of
 ``conftest.digits``.
@@ -13,10 +14,11 @@ import pytest
 import torch
 from torch import nn
 
+import training.trainer as trainer
 from calibration.store import open_table
 from training.analog import AnalogChip, AnalogLinear, NonFiniteValues
 from training.optim import MixedPrecisionOptimizer
-from training.trainer import TrainConfig, TrainingError, load_checkpoint, train
+from training.trainer import TrainConfig, TrainingError, evaluate, load_checkpoint, train
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,46 @@ def _cfg(digits: Path, **kw) -> TrainConfig:
 def whole(table, digits, tmp_path_factory):
     """A two-epoch mixed run."""
     return train(_cfg(digits, epochs=2), out=tmp_path_factory.mktemp("whole"), table=table)
+
+
+# -- 1. evaluation scores the run's own held-out split ---------------------------------------
+def test_evaluate_on_mnist5k_uses_the_runs_own_split(tmp_path, monkeypatch):
+    loaded = []
+    real = trainer.load_dataset
+
+    def spy(*args, **kwargs):
+        loaded.append(real(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(trainer, "load_dataset", spy)
+    cfg = TrainConfig(model="lenet", dataset="mnist5k", mode="float", epochs=1, seed=1,
+                      test_size=3000, batch_size=64)
+    res = train(cfg, out=tmp_path)
+    ev = evaluate(res.checkpoint, "mnist5k")
+    trained, scored = loaded
+    assert torch.equal(scored.test.x, trained.test.x) and torch.equal(scored.test.y,
+                                                                      trained.test.y)
+    seen = {row.numpy().tobytes() for row in trained.train.x}
+    assert not any(row.numpy().tobytes() in seen for row in scored.test.x)
+    assert ev["test_samples"] == 3000 and ev["split_seed"] == 1
+    assert ev["test_accuracy"] == res.test_accuracy          # float weights: the same score
+
+
+# -- 2. results name the calibration table ---------------------------------------------------
+@pytest.mark.spice
+def test_results_name_the_calibration_table(table, digits, whole, tmp_path):
+    path, digest = str(table.path), table.attrs["content_hash"]
+    s = whole.summary()
+    assert (s["table"], s["table_hash"]) == (path, digest)
+    ev = evaluate(whole.checkpoint, f"mnist:{digits}")        # found from the checkpoint
+    assert (ev["table"], ev["table_hash"]) == (path, digest)
+    assert ev["test_samples"] == 64 and ev["split_seed"] is None
+    flt = train(_cfg(digits, mode="float"), out=tmp_path)
+    assert (flt.summary()["table"], flt.summary()["table_hash"]) == (None, None)
+    ev = evaluate(flt.checkpoint, f"mnist:{digits}", table=table)   # float weights: unused
+    assert (ev["table"], ev["table_hash"]) == (None, None)
+    ev = evaluate(flt.checkpoint, f"mnist:{digits}", table=table, fresh_chip=2)
+    assert (ev["table"], ev["table_hash"]) == (path, digest)
 
 
 # -- 3. checkpoints carry a checksum ---------------------------------------------------------

@@ -25,7 +25,9 @@ Evaluation reads the test split through the same analog path (with read and ADC 
 the chip the model was trained on, or, with ``fresh_chip``, on a new simulated chip: new
 device-to-device draws, every device written from its floor to the trained weights
 (programming error included), no retraining. A ``float`` model is mapped onto a chip the
-same way.
+same way. On the dataset the run trained on, the test split is the run's own (for
+``mnist5k``, the one held out with its ``seed`` and ``test_size``); the result says how many
+samples were scored, with which split seed, and which calibration table was read.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from calibration.store import Table, open_table
 from netlists.errors import ConfigError
 from training.analog import PROGRAMMING, AnalogChip, analog_layers, from_digital
 from training.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, write_checkpoint
-from training.data import Dataset, batches, load_dataset
+from training.data import Dataset, batches, load_dataset, parse_spec
 from training.errors import TrainingError
 from training.models import MODEL_NAMES, build_model
 from training.optim import MODES, MixedPrecisionOptimizer
@@ -127,6 +129,9 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     #: per analog layer, the write count of every device that holds a weight
     device_writes: dict[str, Any] = field(default_factory=dict)
+    #: the calibration table the analog modes ran on (path, content hash); None in float mode
+    table: str | None = None
+    table_hash: str | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -141,6 +146,8 @@ class TrainResult:
             "mode": self.config.mode,
             "model": self.config.model,
             "dataset": self.config.dataset,
+            "table": self.table,
+            "table_hash": self.table_hash,
             "history": self.history,
             "writes_per_layer": self.writes.get("layers", {}),
         }
@@ -271,6 +278,22 @@ def _check_table(ckpt: dict[str, Any], table: Table | None) -> None:
             f"but this run uses {have!r}: pass that table with --table, or start a new run")
 
 
+def _table_id(table: Table | None) -> tuple[str | None, str | None]:
+    """The path and content hash that name a calibration table (None, None without one)."""
+    if table is None:
+        return None, None
+    return str(table.path), table.attrs.get("content_hash")
+
+
+def _split_options(cfg: TrainConfig, dataset: str) -> dict[str, Any]:
+    """``load_dataset``'s split options for ``dataset``: the run's own (its seed and
+    test_size) when it is the dataset the run trained on, so that its test split is the one
+    held out in training; the defaults for any other."""
+    if parse_spec(dataset) == parse_spec(cfg.dataset):
+        return {"seed": cfg.seed, "test_size": cfg.test_size}
+    return {"seed": 0, "test_size": None}
+
+
 def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
           resume: bool = False, device: str = "auto", stream: TextIO = sys.stderr
           ) -> TrainResult:
@@ -295,8 +318,7 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
         raise TrainingError(f"{ckpt_path} exists: pass --resume to continue that run, or "
                             "choose another --out (nothing was overwritten)")
 
-    data = load_dataset(cfg.dataset, seed=cfg.seed, test_size=cfg.test_size) \
-        if cfg.test_size is not None else load_dataset(cfg.dataset, seed=cfg.seed)
+    data = load_dataset(cfg.dataset, seed=cfg.seed, test_size=cfg.test_size)
     if data.train is None:
         raise ConfigError(f"dataset {cfg.dataset!r} has no training split")
     model, chip = _build(cfg, data, dev, table)
@@ -315,6 +337,7 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
         if start_epoch > cfg.epochs:
             raise TrainingError(f"{ckpt_path} already holds {start_epoch} epochs, more than "
                                 f"the {cfg.epochs} asked for: ask for more with --epochs")
+    table_path, table_hash = _table_id(table if cfg.analog else None)
 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -356,8 +379,7 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
             "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "rng": _rng_state(chip, shuffle), "history": history,
-            "table_path": str(table.path) if (cfg.analog and table is not None) else None,
-            "table_hash": table.attrs.get("content_hash") if cfg.analog and table else None,
+            "table_path": table_path, "table_hash": table_hash,
             "dataset": {"name": data.name, "num_classes": data.num_classes,
                         "input_shape": list(data.input_shape)},
         }, ckpt_path)
@@ -370,7 +392,7 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
                        epochs=len(history),
                        seconds_per_epoch=sum(h["seconds"] for h in ran) / len(ran),
                        writes=writes, checkpoint=ckpt_path, history=history,
-                       device_writes=per_device)
+                       device_writes=per_device, table=table_path, table_hash=table_hash)
 
 
 def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None,
@@ -378,17 +400,22 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
              read_noise: bool | None = None) -> dict[str, Any]:
     """Test accuracy of a checkpoint on ``dataset``'s test split (module docstring).
 
-    ``table``: the calibration for a ``float`` checkpoint mapped onto a chip, or to find an
-    analog checkpoint's table if it moved (its content hash must match). ``fresh_chip``: the
-    seed of a new simulated chip to program the trained weights onto first. ``read_noise``:
-    draw read noise (default: as in training).
+    On the dataset the run trained on, the test split is the run's own (for ``mnist5k``:
+    the one its ``seed`` and ``test_size`` held out, never its training digits); on another
+    dataset, that dataset's default split. ``table``: the calibration for a ``float``
+    checkpoint mapped onto a chip, or to find an analog checkpoint's table if it moved (its
+    content hash must match). ``fresh_chip``: the seed of a new simulated chip to program the
+    trained weights onto first. ``read_noise``: draw read noise (default: as in training).
+    The result names the test split (``test_samples``, ``split_seed``: None for a dataset
+    with a fixed split) and the table used (``table``, ``table_hash``: None when none was).
     """
     ckpt = load_checkpoint(checkpoint)
     cfg = TrainConfig(**ckpt["config"])
     if read_noise is None:
         read_noise = cfg.read_noise
     dev = pick_device(device)
-    data = load_dataset(dataset, need_train=False)
+    split = _split_options(cfg, dataset)
+    data = load_dataset(dataset, need_train=False, **split)
     saved_ds = ckpt.get("dataset", {})
     if saved_ds and (list(data.input_shape) != saved_ds.get("input_shape")
                      or data.num_classes != saved_ds.get("num_classes")):
@@ -400,7 +427,9 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
     model = build_model(cfg.model, num_classes=data.num_classes, input_shape=data.input_shape)
     model.to(dev)
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "mode": cfg.mode,
-                              "dataset": dataset, "fresh_chip": fresh_chip}
+                              "dataset": dataset, "fresh_chip": fresh_chip,
+                              "test_samples": len(data.test),
+                              "split_seed": split["seed"] if data.name == "mnist5k" else None}
     if cfg.analog:
         if table is None:
             path = ckpt.get("table_path")
@@ -424,8 +453,8 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
                                   "--preset) to be programmed onto a chip")
             chip = _chip(cfg, table, fresh_chip, dev, read_noise)
             from_digital(model, chip, range_margin=1.0)
+        else:
+            table = None                                   # float weights read no table
     result["test_accuracy"] = accuracy(model, data.test, device=dev)
-    if table is not None:
-        result["table"] = str(table.path)
+    result["table"], result["table_hash"] = _table_id(table)
     return result
-
