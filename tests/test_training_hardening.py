@@ -1,24 +1,29 @@
 """Runs that must fail cleanly or not at all: evaluation on the run's own held-out split,
 the calibration table named in results, checkpoint checksums, divergence caught before the
-analog read.
+analog read, an unusable output folder or a full disk.
 
 Analog runs use the ``tiny`` calibration and the small MNIST-format folder of
-``conftest.digits``.
+``conftest.digits`` (192 training digits: 6 batches of 32 per epoch).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import training.checkpoint as checkpoint
 import training.trainer as trainer
 from calibration.store import open_table
 from training.analog import AnalogChip, AnalogLinear, NonFiniteValues
 from training.optim import MixedPrecisionOptimizer
 from training.trainer import TrainConfig, TrainingError, evaluate, load_checkpoint, train
+
+BATCHES = 6                                   # per epoch: 192 training digits, batches of 32
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +38,15 @@ def _cfg(digits: Path, **kw) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def whole(table, digits, tmp_path_factory):
-    """A two-epoch mixed run."""
+    """An uninterrupted two-epoch mixed run: what a stopped and resumed run must equal."""
     return train(_cfg(digits, epochs=2), out=tmp_path_factory.mktemp("whole"), table=table)
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    ma, mb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    assert ma.keys() == mb.keys()
+    for key in ma:
+        assert torch.equal(ma[key], mb[key]), key
 
 
 # -- 1. evaluation scores the run's own held-out split ---------------------------------------
@@ -142,3 +154,133 @@ def test_a_non_finite_update_writes_no_device(table):
     with pytest.raises(NonFiniteValues, match="update of the analog weights 0.tiles"):
         opt.step()
     assert torch.equal(tiles.state, state) and torch.equal(tiles.write_count, writes)
+
+
+def _poison_after(monkeypatch, poison, at_step: int, ckpt: Path, snapshot: dict) -> None:
+    """The run goes on as usual until step ``at_step`` of its optimizer, after which
+    ``poison(model)`` is applied; the checkpoint's bytes at that moment go to ``snapshot``."""
+    real_build, real_optimizer = trainer._build, trainer._make_optimizer
+    built = []
+
+    def build(*args, **kwargs):
+        built.append(real_build(*args, **kwargs))
+        return built[-1]
+
+    def make(cfg, params):
+        opt = real_optimizer(cfg, params)
+        step, calls = opt.step, [0]
+
+        def poisoned_step(*args, **kwargs):
+            out = step(*args, **kwargs)
+            calls[0] += 1
+            if calls[0] == at_step:
+                snapshot["bytes"] = ckpt.read_bytes()
+                with torch.no_grad():
+                    poison(built[-1][0])
+            return out
+
+        opt.step = poisoned_step
+        return opt
+
+    monkeypatch.setattr(trainer, "_build", build)
+    monkeypatch.setattr(trainer, "_make_optimizer", make)
+
+
+def _inf_bias(model):           # a digital parameter: the next analog layer's input is inf
+    model.features[0].bias.fill_(float("inf"))
+
+
+def _nan_weight(model):         # the inner optimizer's update of the first analog weights
+    model.features[0].tiles.weight[0, 0] = float("nan")
+
+
+@pytest.mark.spice
+@pytest.mark.parametrize("poison, where", [(_inf_bias, "input of the analog layer"),
+                                           (_nan_weight, "update of the analog weights")])
+def test_divergence_stops_before_the_analog_read_and_keeps_the_checkpoint(
+        table, digits, whole, tmp_path, monkeypatch, poison, where):
+    ckpt, snapshot = tmp_path / "checkpoint.pt", {}
+    _poison_after(monkeypatch, poison, BATCHES + 2, ckpt, snapshot)
+    with pytest.raises(TrainingError) as excinfo:
+        train(_cfg(digits, epochs=2), out=tmp_path, table=table)
+    text = str(excinfo.value)
+    assert "non-finite at epoch 2, batch" in text and where in text
+    assert "lower --lr (now 0.003)" in text and f"{ckpt} is unchanged" in text
+    assert ckpt.read_bytes() == snapshot["bytes"]
+    assert load_checkpoint(ckpt)["epoch"] == 1
+    monkeypatch.undo()
+    resumed = train(_cfg(digits, epochs=2), out=tmp_path, table=table, resume=True)
+    _same_weights(resumed.checkpoint, whole.checkpoint)
+
+
+
+
+# -- 5. an unusable output folder, a full disk -----------------------------------------------
+def _out_error(out: Path, tmp_path: Path) -> str:
+    """train into ``out`` on a dataset that does not exist: the folder must be refused
+    first. Returns the message."""
+    cfg = TrainConfig(mode="float", dataset=f"mnist:{tmp_path / 'no-such-folder'}")
+    with pytest.raises(TrainingError) as excinfo:
+        train(cfg, out=out)
+    return str(excinfo.value)
+
+
+def test_an_output_under_a_file_or_that_is_a_file_is_refused_first(tmp_path):
+    plain = tmp_path / "plain"
+    plain.write_text("a file\n")
+    text = _out_error(plain / "run", tmp_path)
+    assert f"output folder {plain / 'run'} cannot be written" in text and "Not a directory" \
+        in text
+    text = _out_error(plain, tmp_path)
+    assert f"output folder {plain} cannot be written" in text and "a file, not a folder" in text
+    assert plain.read_text() == "a file\n"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_an_output_folder_that_takes_no_file_is_refused_first(tmp_path, monkeypatch, code):
+    def refuse(fd, data):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(trainer.os, "write", refuse)
+    text = _out_error(tmp_path / "run", tmp_path)
+    monkeypatch.undo()
+    assert f"output folder {tmp_path / 'run'} cannot be written ({os.strerror(code)})" in text
+    assert list((tmp_path / "run").iterdir()) == []                  # the probe is gone
+
+
+class _FullFile:
+    """A file on a disk that fills up after ``room`` bytes (ENOSPC, as ``write(2)`` says)."""
+
+    def __init__(self, f, room: int) -> None:
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _full_disk(monkeypatch, room: int) -> None:
+    real = checkpoint._HashingWriter.__init__
+    monkeypatch.setattr(checkpoint._HashingWriter, "__init__",
+                        lambda self, f: real(self, _FullFile(f, room)))
+
+
+def test_a_full_disk_at_the_checkpoint_keeps_the_previous_one(digits, tmp_path, monkeypatch):
+    first = train(_cfg(digits, mode="float"), out=tmp_path)
+    before = first.checkpoint.read_bytes()
+    _full_disk(monkeypatch, room=1000)
+    with pytest.raises(TrainingError) as excinfo:
+        train(_cfg(digits, mode="float", epochs=2), out=tmp_path, resume=True)
+    text = str(excinfo.value)
+    assert f"the checkpoint {first.checkpoint} after epoch 2 could not be written (No space " \
+           "left on device)" in text and "previous checkpoint" in text and "is intact" in text
+    assert first.checkpoint.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]   # no temp file
+    with pytest.raises(TrainingError, match="no earlier checkpoint"):
+        train(_cfg(digits, mode="float"), out=tmp_path / "fresh")
+    assert list((tmp_path / "fresh").iterdir()) == []

@@ -18,8 +18,18 @@ the accumulators, every random stream, and the history), so an interrupted run r
 with ``resume=True`` where it stopped, bit for bit (resuming a finished run reports it
 without training). The checkpoint file carries a SHA-256 of its content, checked on every
 load (``training.checkpoint``): a damaged or cut file is an error, never other weights.
-A non-finite loss stops the run with an error and leaves the last
-checkpoint as it was.
+
+A run fails early and leaves the last checkpoint as it was:
+
+- the output folder is created and a probe file written and removed before anything else,
+  so a folder that cannot take files (read-only, full, a file, no permission) is a
+  :class:`TrainingError` naming it and the system's reason, not an error after an epoch;
+- a run that diverges (a non-finite loss, NaN or inf in an analog layer's input, checked
+  once per read before the 8-bit conversion, or in the update of analog weights, checked
+  once per layer per step before any device is written) stops with a TrainingError that
+  names the epoch and batch and asks for a lower ``--lr``;
+- a checkpoint that cannot be written (a full disk) is a TrainingError saying that the
+  previous one is intact (it is written atomically; no temporary file is left).
 
 Evaluation reads the test split through the same analog path (with read and ADC noise) on
 the chip the model was trained on, or, with ``fresh_chip``, on a new simulated chip: new
@@ -33,8 +43,11 @@ samples were scored, with which split seed, and which calibration table was read
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
+import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +59,7 @@ from torch import nn
 
 from calibration.store import Table, open_table
 from netlists.errors import ConfigError
-from training.analog import PROGRAMMING, AnalogChip, analog_layers, from_digital
+from training.analog import PROGRAMMING, AnalogChip, NonFiniteValues, analog_layers, from_digital
 from training.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, write_checkpoint
 from training.data import Dataset, batches, load_dataset, parse_spec
 from training.errors import TrainingError
@@ -196,6 +209,30 @@ def _progress(stream: TextIO, label: str) -> Callable[[int, int, float], None]:
     return show
 
 
+def _check_out(out: Path) -> None:
+    """The run's folder exists (created here) and takes files: a probe file is written and
+    removed, so that any reason it cannot (read-only, full, not a folder, no permission) is
+    said before any work is done."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder", str(out))
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-probe.", suffix=".tmp")
+        try:
+            os.write(fd, b"circuitsim write probe\n")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        raise TrainingError(f"the output folder {out} cannot be written ({_reason(err)}); "
+                            "choose another --out") from err
+
+
+def _reason(err: OSError) -> str:
+    where = f": {err.filename}" if err.filename is not None else ""
+    return f"{err.strerror or err}{where}"
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, split: Any, *, batch_size: int = 256,
              device: torch.device | None = None) -> float:
@@ -294,6 +331,25 @@ def _split_options(cfg: TrainConfig, dataset: str) -> dict[str, Any]:
     return {"seed": 0, "test_size": None}
 
 
+def _diverged(detail: str, epoch: int, batch: int, cfg: TrainConfig, ckpt_path: Path
+              ) -> TrainingError:
+    kept = f"the last checkpoint {ckpt_path} is unchanged" if ckpt_path.exists() else \
+        "no checkpoint was written yet"
+    return TrainingError(f"values became non-finite at epoch {epoch + 1}, batch {batch + 1} "
+                         f"({detail}): lower --lr (now {cfg.lr:g}); {kept}")
+
+
+def _save(state: dict[str, Any], ckpt_path: Path, kept: int) -> None:
+    try:
+        write_checkpoint(state, ckpt_path)
+    except OSError as err:
+        previous = (f"the previous checkpoint {ckpt_path} ({kept} epochs) is intact: make room "
+                    "and continue with --resume") if kept else \
+            "there was no earlier checkpoint: make room and train again"
+        raise TrainingError(f"the checkpoint {ckpt_path} after epoch {state['epoch']} could not "
+                            f"be written ({_reason(err)}); {previous}") from err
+
+
 def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
           resume: bool = False, device: str = "auto", stream: TextIO = sys.stderr
           ) -> TrainResult:
@@ -303,6 +359,7 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
     dev = pick_device(device)
     if cfg.analog and table is None:
         raise ConfigError(f"mode {cfg.mode!r} needs a calibration table (--table or --preset)")
+    _check_out(out)
     saved = None
     if resume:
         saved = load_checkpoint(ckpt_path)
@@ -317,14 +374,14 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
     elif ckpt_path.exists():
         raise TrainingError(f"{ckpt_path} exists: pass --resume to continue that run, or "
                             "choose another --out (nothing was overwritten)")
-
+    kept = int(saved["epoch"]) if saved is not None else 0   # epochs on disk
     data = load_dataset(cfg.dataset, seed=cfg.seed, test_size=cfg.test_size)
     if data.train is None:
         raise ConfigError(f"dataset {cfg.dataset!r} has no training split")
     model, chip = _build(cfg, data, dev, table)
     inner = _make_optimizer(cfg, model.parameters())
-    opt: Any = MixedPrecisionOptimizer(model, inner, mode=cfg.mode, threshold=cfg.threshold) \
-        if cfg.analog else inner
+    opt: Any = MixedPrecisionOptimizer(model, inner, mode=cfg.mode,
+                                       threshold=cfg.threshold) if cfg.analog else inner
     shuffle = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -335,8 +392,9 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
         history = list(saved["history"])
         start_epoch = int(saved["epoch"])
         if start_epoch > cfg.epochs:
-            raise TrainingError(f"{ckpt_path} already holds {start_epoch} epochs, more than "
-                                f"the {cfg.epochs} asked for: ask for more with --epochs")
+            raise TrainingError(f"{ckpt_path} already holds {start_epoch} epochs, more "
+                                f"than the {cfg.epochs} asked for: ask for more with "
+                                "--epochs")
     table_path, table_hash = _table_id(table if cfg.analog else None)
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -350,15 +408,15 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
                                            generator=shuffle)):
             x, y = x.to(dev), y.to(dev)
             opt.zero_grad()
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {float(loss.detach())} at epoch {epoch + 1}, batch {b + 1}: "
-                    f"lower --lr (now {cfg.lr:g}); the last checkpoint "
-                    f"{ckpt_path if ckpt_path.exists() else '(none yet)'} is unchanged")
-            loss.backward()
-            opt.step()
+            try:
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                if not torch.isfinite(loss):
+                    raise NonFiniteValues(f"the loss is {float(loss.detach())}")
+                loss.backward()
+                opt.step()
+            except NonFiniteValues as err:
+                raise _diverged(str(err), epoch, b, cfg, ckpt_path) from err
             if cfg.analog:
                 writes += opt.step_writes
             total_loss += float(loss.detach()) * len(y)
@@ -374,15 +432,15 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
         stream.write(f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}, train "
                      f"{100 * entry['train_accuracy']:.2f}%, test {100 * test_acc:.2f}%, "
                      f"{seconds:.1f} s, {writes} device writes\n")
-        out.mkdir(parents=True, exist_ok=True)
-        write_checkpoint({
+        _save({
             "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "rng": _rng_state(chip, shuffle), "history": history,
             "table_path": table_path, "table_hash": table_hash,
             "dataset": {"name": data.name, "num_classes": data.num_classes,
                         "input_shape": list(data.input_shape)},
-        }, ckpt_path)
+        }, ckpt_path, kept)
+        kept = epoch + 1
 
     ran = history[start_epoch:] or history
     writes = opt.write_summary() if cfg.analog else {}
