@@ -1,6 +1,6 @@
 """Runs that must fail cleanly or not at all: evaluation on the run's own held-out split,
 the calibration table named in results, checkpoint checksums, divergence caught before the
-analog read, an unusable output folder or a full disk.
+analog read, an unusable output folder or a full disk, Ctrl-C.
 
 Analog runs use the ``tiny`` calibration and the small MNIST-format folder of
 ``conftest.digits`` (192 training digits: 6 batches of 32 per epoch).
@@ -21,7 +21,8 @@ import training.trainer as trainer
 from calibration.store import open_table
 from training.analog import AnalogChip, AnalogLinear, NonFiniteValues
 from training.optim import MixedPrecisionOptimizer
-from training.trainer import TrainConfig, TrainingError, evaluate, load_checkpoint, train
+from training.trainer import (TrainConfig, TrainingError, TrainingInterrupted, evaluate,
+                              load_checkpoint, train)
 
 BATCHES = 6                                   # per epoch: 192 training digits, batches of 32
 
@@ -284,3 +285,39 @@ def test_a_full_disk_at_the_checkpoint_keeps_the_previous_one(digits, tmp_path, 
     with pytest.raises(TrainingError, match="no earlier checkpoint"):
         train(_cfg(digits, mode="float"), out=tmp_path / "fresh")
     assert list((tmp_path / "fresh").iterdir()) == []
+
+
+# -- 8. Ctrl-C -------------------------------------------------------------------------------
+class _CtrlC:
+    """A progress stream that raises KeyboardInterrupt when ``text`` is written."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def write(self, s: str) -> int:
+        if self.text in s:
+            raise KeyboardInterrupt
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.spice
+def test_ctrl_c_says_what_was_kept_and_the_run_resumes(table, digits, whole, tmp_path):
+    with pytest.raises(TrainingInterrupted) as excinfo:
+        train(_cfg(digits, epochs=2), out=tmp_path, table=table, stream=_CtrlC("epoch 2/2"))
+    stop = excinfo.value
+    assert isinstance(stop, KeyboardInterrupt)
+    ckpt = tmp_path / "checkpoint.pt"
+    assert stop.checkpoint == ckpt and stop.epochs_done == 1
+    assert str(stop) == f"interrupted in epoch 2; the checkpoint {ckpt} holds 1 epoch: " \
+                        "continue with --resume"
+    assert load_checkpoint(ckpt)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    resumed = train(_cfg(digits, epochs=2), out=tmp_path, table=table, resume=True)
+    _same_weights(resumed.checkpoint, whole.checkpoint)
+    with pytest.raises(TrainingInterrupted) as excinfo:
+        train(_cfg(digits), out=tmp_path / "first", table=table, stream=_CtrlC("epoch 1/1"))
+    assert excinfo.value.checkpoint is None and excinfo.value.epochs_done == 0
+    assert "nothing was kept" in str(excinfo.value)

@@ -29,7 +29,9 @@ A run fails early and leaves the last checkpoint as it was:
   once per layer per step before any device is written) stops with a TrainingError that
   names the epoch and batch and asks for a lower ``--lr``;
 - a checkpoint that cannot be written (a full disk) is a TrainingError saying that the
-  previous one is intact (it is written atomically; no temporary file is left).
+  previous one is intact (it is written atomically; no temporary file is left);
+- Ctrl-C raises :class:`TrainingInterrupted`, a ``KeyboardInterrupt`` that carries the
+  checkpoint and the epochs it holds, and says how to continue.
 
 Evaluation reads the test split through the same analog path (with read and ADC noise) on
 the chip the model was trained on, or, with ``fresh_chip``, on a new simulated chip: new
@@ -62,12 +64,12 @@ from netlists.errors import ConfigError
 from training.analog import PROGRAMMING, AnalogChip, NonFiniteValues, analog_layers, from_digital
 from training.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, write_checkpoint
 from training.data import Dataset, batches, load_dataset, parse_spec
-from training.errors import TrainingError
+from training.errors import TrainingError, TrainingInterrupted
 from training.models import MODEL_NAMES, build_model
 from training.optim import MODES, MixedPrecisionOptimizer
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingError", "train", "evaluate",
-           "load_checkpoint", "TRAIN_MODES", "OPTIMIZERS", "CHECKPOINT_NAME"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "TrainingInterrupted", "train",
+           "evaluate", "load_checkpoint", "TRAIN_MODES", "OPTIMIZERS", "CHECKPOINT_NAME"]
 
 TRAIN_MODES = ("float",) + MODES
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -339,6 +341,16 @@ def _diverged(detail: str, epoch: int, batch: int, cfg: TrainConfig, ckpt_path: 
                          f"({detail}): lower --lr (now {cfg.lr:g}); {kept}")
 
 
+def _interrupted(epoch: int, kept: int, ckpt_path: Path) -> TrainingInterrupted:
+    if not kept:
+        return TrainingInterrupted(f"interrupted in epoch {epoch + 1}, before any checkpoint "
+                                   "was written: nothing was kept; start the run again",
+                                   checkpoint=None, epochs_done=0)
+    return TrainingInterrupted(f"interrupted in epoch {epoch + 1}; the checkpoint {ckpt_path} "
+                               f"holds {kept} epoch{'s' if kept != 1 else ''}: continue with "
+                               "--resume", checkpoint=ckpt_path, epochs_done=kept)
+
+
 def _save(state: dict[str, Any], ckpt_path: Path, kept: int) -> None:
     try:
         write_checkpoint(state, ckpt_path)
@@ -353,7 +365,10 @@ def _save(state: dict[str, Any], ckpt_path: Path, kept: int) -> None:
 def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
           resume: bool = False, device: str = "auto", stream: TextIO = sys.stderr
           ) -> TrainResult:
-    """Train ``cfg`` (module docstring); checkpoint in ``out``; returns the summary."""
+    """Train ``cfg`` (module docstring); checkpoint in ``out``; returns the summary.
+
+    Ctrl-C raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) that says what the
+    checkpoint on disk holds."""
     out = Path(out)
     ckpt_path = out / CHECKPOINT_NAME
     dev = pick_device(device)
@@ -374,73 +389,76 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
     elif ckpt_path.exists():
         raise TrainingError(f"{ckpt_path} exists: pass --resume to continue that run, or "
                             "choose another --out (nothing was overwritten)")
-    kept = int(saved["epoch"]) if saved is not None else 0   # epochs on disk
-    data = load_dataset(cfg.dataset, seed=cfg.seed, test_size=cfg.test_size)
-    if data.train is None:
-        raise ConfigError(f"dataset {cfg.dataset!r} has no training split")
-    model, chip = _build(cfg, data, dev, table)
-    inner = _make_optimizer(cfg, model.parameters())
-    opt: Any = MixedPrecisionOptimizer(model, inner, mode=cfg.mode,
-                                       threshold=cfg.threshold) if cfg.analog else inner
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        _set_rng_state(saved["rng"], chip, shuffle)
-        history = list(saved["history"])
-        start_epoch = int(saved["epoch"])
-        if start_epoch > cfg.epochs:
-            raise TrainingError(f"{ckpt_path} already holds {start_epoch} epochs, more "
-                                f"than the {cfg.epochs} asked for: ask for more with "
-                                "--epochs")
-    table_path, table_hash = _table_id(table if cfg.analog else None)
+    kept = epoch = int(saved["epoch"]) if saved is not None else 0   # epochs on disk
+    try:
+        data = load_dataset(cfg.dataset, seed=cfg.seed, test_size=cfg.test_size)
+        if data.train is None:
+            raise ConfigError(f"dataset {cfg.dataset!r} has no training split")
+        model, chip = _build(cfg, data, dev, table)
+        inner = _make_optimizer(cfg, model.parameters())
+        opt: Any = MixedPrecisionOptimizer(model, inner, mode=cfg.mode,
+                                           threshold=cfg.threshold) if cfg.analog else inner
+        shuffle = torch.Generator().manual_seed(cfg.seed)
+        history: list[dict[str, Any]] = []
+        start_epoch = 0
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            _set_rng_state(saved["rng"], chip, shuffle)
+            history = list(saved["history"])
+            start_epoch = int(saved["epoch"])
+            if start_epoch > cfg.epochs:
+                raise TrainingError(f"{ckpt_path} already holds {start_epoch} epochs, more "
+                                    f"than the {cfg.epochs} asked for: ask for more with "
+                                    "--epochs")
+        table_path, table_hash = _table_id(table if cfg.analog else None)
 
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        show = _progress(stream, f"epoch {epoch + 1}/{cfg.epochs} ({cfg.mode})")
-        n_batches = math.ceil(len(data.train) / cfg.batch_size)
-        t0 = time.perf_counter()
-        total_loss = correct = seen = 0
-        writes = 0
-        for b, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True,
-                                           generator=shuffle)):
-            x, y = x.to(dev), y.to(dev)
-            opt.zero_grad()
-            try:
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                if not torch.isfinite(loss):
-                    raise NonFiniteValues(f"the loss is {float(loss.detach())}")
-                loss.backward()
-                opt.step()
-            except NonFiniteValues as err:
-                raise _diverged(str(err), epoch, b, cfg, ckpt_path) from err
-            if cfg.analog:
-                writes += opt.step_writes
-            total_loss += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            show(b + 1, n_batches, total_loss / seen)
-        seconds = time.perf_counter() - t0
-        test_acc = accuracy(model, data.test, device=dev)
-        entry = {"epoch": epoch + 1, "train_loss": total_loss / seen,
-                 "train_accuracy": correct / seen, "test_accuracy": test_acc,
-                 "seconds": seconds, "device_writes": writes}
-        history.append(entry)
-        stream.write(f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}, train "
-                     f"{100 * entry['train_accuracy']:.2f}%, test {100 * test_acc:.2f}%, "
-                     f"{seconds:.1f} s, {writes} device writes\n")
-        _save({
-            "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "rng": _rng_state(chip, shuffle), "history": history,
-            "table_path": table_path, "table_hash": table_hash,
-            "dataset": {"name": data.name, "num_classes": data.num_classes,
-                        "input_shape": list(data.input_shape)},
-        }, ckpt_path, kept)
-        kept = epoch + 1
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            show = _progress(stream, f"epoch {epoch + 1}/{cfg.epochs} ({cfg.mode})")
+            n_batches = math.ceil(len(data.train) / cfg.batch_size)
+            t0 = time.perf_counter()
+            total_loss = correct = seen = 0
+            writes = 0
+            for b, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True,
+                                               generator=shuffle)):
+                x, y = x.to(dev), y.to(dev)
+                opt.zero_grad()
+                try:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteValues(f"the loss is {float(loss.detach())}")
+                    loss.backward()
+                    opt.step()
+                except NonFiniteValues as err:
+                    raise _diverged(str(err), epoch, b, cfg, ckpt_path) from err
+                if cfg.analog:
+                    writes += opt.step_writes
+                total_loss += float(loss.detach()) * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+                show(b + 1, n_batches, total_loss / seen)
+            seconds = time.perf_counter() - t0
+            test_acc = accuracy(model, data.test, device=dev)
+            entry = {"epoch": epoch + 1, "train_loss": total_loss / seen,
+                     "train_accuracy": correct / seen, "test_accuracy": test_acc,
+                     "seconds": seconds, "device_writes": writes}
+            history.append(entry)
+            stream.write(f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}, train "
+                         f"{100 * entry['train_accuracy']:.2f}%, test {100 * test_acc:.2f}%, "
+                         f"{seconds:.1f} s, {writes} device writes\n")
+            _save({
+                "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "rng": _rng_state(chip, shuffle), "history": history,
+                "table_path": table_path, "table_hash": table_hash,
+                "dataset": {"name": data.name, "num_classes": data.num_classes,
+                            "input_shape": list(data.input_shape)},
+            }, ckpt_path, kept)
+            kept = epoch + 1
+    except KeyboardInterrupt as err:
+        raise _interrupted(epoch, kept, ckpt_path) from err
 
     ran = history[start_epoch:] or history
     writes = opt.write_summary() if cfg.analog else {}
