@@ -67,9 +67,9 @@ from calibration.surrogate import PreparedTiles, TileSurrogate
 from netlists.config import HardwareConfig
 from netlists.errors import CircuitSimError, ConfigError
 
-__all__ = ["NonFiniteValues", "AnalogChip", "AnalogTiles", "AnalogLinear", "AnalogConv2d", "from_digital",
+__all__ = ["AnalogChip", "AnalogTiles", "AnalogLinear", "AnalogConv2d", "from_digital",
            "analog_layers", "WriteStats", "ProgramPlan", "program_plans",
-           "StatisticalProgramming", "PROGRAMMING"]
+           "StatisticalProgramming", "PROGRAMMING", "NonFiniteValues"]
 
 
 @dataclass(frozen=True)
