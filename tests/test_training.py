@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import struct
 import subprocess
 import sys
 from dataclasses import fields
@@ -39,29 +38,6 @@ def table(tiny_calibration):
 def _chip(table, **kw) -> AnalogChip:
     kw.setdefault("read_noise", False)
     return AnalogChip(table, seed=kw.pop("seed", 3), **kw)
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    code = 0x08
-    header = struct.pack(">BBBB", 0, 0, code, array.ndim) + b"".join(
-        struct.pack(">I", n) for n in array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    """A small MNIST-format folder: two classes that differ in where the ink is."""
-    folder = tmp_path_factory.mktemp("digits")
-    rng = np.random.default_rng(0)
-    for prefix, count in (("train", 192), ("t10k", 64)):
-        labels = rng.integers(0, 2, size=count)
-        images = rng.integers(0, 60, size=(count, 28, 28))
-        for k, lab in enumerate(labels):
-            rows = slice(4, 14) if lab == 0 else slice(14, 24)
-            images[k, rows, 6:22] += 180
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte", np.clip(images, 0, 255))
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
-    return folder
 
 
 # -- mapping and the analog forward --------------------------------------------------------

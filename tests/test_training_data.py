@@ -307,6 +307,21 @@ def test_mnist_labels_out_of_range(tmp_path):
                                                             idx_bytes(labels)))
 
 
+def test_mnist_empty_test_split_is_refused(tmp_path):
+    images, labels = fake_mnist(0, 0)
+    text = split_error(tmp_path, idx_bytes(images), idx_bytes(labels))
+    assert f"{tmp_path / 't10k-images-idx3-ubyte'} holds no images" in text
+    assert "the test split needs at least one" in text
+
+
+def test_mnist_empty_train_split_is_refused(tmp_path):
+    write_mnist(tmp_path, gz=True, sizes={"train": 0, "test": 20})
+    with pytest.raises(DatasetError) as excinfo:
+        load_dataset(f"mnist:{tmp_path}")
+    assert f"{tmp_path / 'train-images-idx3-ubyte.gz'} holds no images" in message(excinfo)
+    assert "the train split needs at least one" in message(excinfo)
+
+
 def test_test_size_is_refused_for_fixed_test_splits(tmp_path):
     write_mnist(tmp_path, gz=False)
     with pytest.raises(DatasetError, match="test_size applies to mnist5k only"):
@@ -397,6 +412,46 @@ def test_cifar10_label_and_image_counts_must_match(tmp_path):
     (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
     with pytest.raises(DatasetError, match="6 images but 5 labels"):
         load_dataset(f"cifar10:{tmp_path}", need_train=False)
+
+
+def _cifar_test_batch(tmp_path: Path, changes: dict) -> Path:
+    """A CIFAR test batch of 6 images, with ``changes`` to its entries."""
+    batch = {**cifar_batch(6, 0), **changes}
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    return tmp_path / "test_batch"
+
+
+@pytest.mark.parametrize("kind", ["np.int64 list", "np.int32 list", "int64 array",
+                                  "uint8 array", "mixed list"])
+def test_cifar10_labels_may_be_numpy_integers(tmp_path, kind):
+    values = [3, 0, 9, 1, 5, 7]
+    labels = {"np.int64 list": [np.int64(v) for v in values],
+              "np.int32 list": [np.int32(v) for v in values],
+              "int64 array": np.asarray(values, dtype=np.int64),
+              "uint8 array": np.asarray(values, dtype=np.uint8),
+              "mixed list": [np.int64(v) if v % 2 else v for v in values]}[kind]
+    _cifar_test_batch(tmp_path, {b"labels": labels})
+    dataset = load_dataset(f"cifar10:{tmp_path}", need_train=False)
+    assert dataset.test.y.dtype == torch.int64 and dataset.test.y.tolist() == values
+
+
+@pytest.mark.parametrize("labels", [[0.0, 1.0, 2.0, 3.0, 4.0, 5.5], np.arange(6) + 0.0,
+                                    ["cat"] * 6, [b"1"] * 6, [True] * 6, [[1], [2, 3], 4, 5, 6, 7]],
+                         ids=["floats", "float array", "strings", "bytes", "booleans",
+                              "ragged"])
+def test_cifar10_labels_that_are_not_integers_are_refused(tmp_path, labels):
+    path = _cifar_test_batch(tmp_path, {b"labels": labels})
+    with pytest.raises(DatasetError, match="labels are not whole numbers") as excinfo:
+        load_dataset(f"cifar10:{tmp_path}", need_train=False)
+    assert str(path) in message(excinfo)
+
+
+def test_cifar10_empty_batch_is_refused(tmp_path):
+    path = _cifar_test_batch(tmp_path, {b"data": np.zeros((0, 3072), dtype=np.uint8),
+                                       b"labels": []})
+    with pytest.raises(DatasetError, match="holds no images") as excinfo:
+        load_dataset(f"cifar10:{tmp_path}", need_train=False)
+    assert str(path) in message(excinfo)
 
 
 def test_cifar10_wrong_image_size(tmp_path):

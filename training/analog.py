@@ -65,11 +65,11 @@ from surrogate.program_model import Devices, ProgrammingModel
 from calibration.store import Table, open_table
 from surrogate.tile import PreparedTiles, TileSurrogate
 from netlists.config import HardwareConfig
-from netlists.errors import ConfigError
+from netlists.errors import CircuitSimError, ConfigError
 
 __all__ = ["AnalogChip", "AnalogTiles", "AnalogLinear", "AnalogConv2d", "from_digital",
            "analog_layers", "WriteStats", "ProgramPlan", "program_plans",
-           "StatisticalProgramming", "PROGRAMMING"]
+           "StatisticalProgramming", "PROGRAMMING", "NonFiniteValues"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,12 @@ class StatisticalProgramming:
 
 
 PROGRAMMING = ("exact", "statistical")
+
+
+class NonFiniteValues(CircuitSimError):
+    """NaN or inf where the chip needs numbers: in a layer's input (there is no 8-bit read
+    pulse for it) or in a weight update (there is no level to write). Raised before the
+    read or the write, so no device is touched; a run that diverged ends up here."""
 
 #: Above this fraction of non-zero input vectors a layer reads them all rather than picking
 #: out the non-zero ones (the picking and putting back cost more than reading the rest).
@@ -413,6 +419,9 @@ class AnalogTiles(nn.Module):
             low = x.amin(dim=0)
             signed = bool(low.min() < 0)
             peak = torch.maximum(high, -low) if signed else high
+            if not bool(torch.isfinite(peak).all()):       # NaN and inf reach the peaks
+                raise NonFiniteValues(f"the input of the analog layer ({self.extra_repr()}) "
+                                      "holds NaN or inf")
             active = torch.nonzero(peak).squeeze(1)
             if active.numel() == 0:
                 return x.new_zeros((self.out_features, n))

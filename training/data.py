@@ -29,8 +29,11 @@ the training set's mean (0.4914, 0.4822, 0.4465) and standard deviation (0.2470,
 
 Every problem with a spec or its files raises :class:`DatasetError` (a
 :class:`~netlists.errors.ConfigError`) that says what is wrong and what to do about it.
+A split with no samples (an IDX file that declares 0 images, an empty CIFAR batch) is one
+of those problems: it is refused when the dataset is loaded, not found after an epoch.
 The CIFAR pickles are read with an unpickler that only admits what a CIFAR batch holds
-(numpy arrays, lists, dicts, numbers and strings), so a hostile file cannot run code.
+(numpy arrays and scalars, lists, dicts, numbers and strings), so a hostile file cannot run
+code; labels may be any integers (python or numpy, in a list or an array).
 """
 
 from __future__ import annotations
@@ -52,10 +55,12 @@ import torch
 
 from netlists.errors import ConfigError
 
-try:  # numpy >= 2 keeps the array constructor in numpy._core; older pickles name numpy.core
+try:  # numpy >= 2 keeps the array constructors in numpy._core; older pickles name numpy.core
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
+    from numpy._core.multiarray import scalar as _np_scalar
 except ImportError:  # pragma: no cover - numpy < 2
     from numpy.core.multiarray import _reconstruct as _np_reconstruct
+    from numpy.core.multiarray import scalar as _np_scalar
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -390,6 +395,10 @@ def _load_mnist_dir(spec: str, directory: Path, *, need_train: bool) -> Dataset:
                 f"{spec}: {paths[images_stem].name} holds {images.shape[0]} images but "
                 f"{paths[labels_stem].name} holds {labels.shape[0]} labels; the two files do not"
                 " belong together: replace them with a matching pair")
+        if images.shape[0] == 0:
+            raise DatasetError(f"{spec}: {paths[images_stem]} holds no images (its header "
+                               f"declares 0); the {split_name} split needs at least one: "
+                               "replace it with a fresh copy")
         _check_labels(spec, paths[labels_stem].name, labels)
         x = torch.from_numpy(images.astype(np.float32)[:, None] / np.float32(255.0))
         splits[split_name] = Split(x=x, y=torch.from_numpy(labels.astype(np.int64)))
@@ -407,10 +416,16 @@ def _load_mnist_dir(spec: str, directory: Path, *, need_train: bool) -> Dataset:
 _PICKLE_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+    # a numpy scalar (labels written as np.int64 values): a dtype and its bytes, nothing else
+    ("numpy.core.multiarray", "scalar"): _np_scalar,
+    ("numpy._core.multiarray", "scalar"): _np_scalar,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
-    # protocol-2 pickles written by python 3 spell bytes as _codecs.encode(text, "latin1")
+    # protocol-2 pickles written by python 3 spell bytes as _codecs.encode(text, "latin1"),
+    # and empty bytes (the data of an empty array) as bytes()
     ("_codecs", "encode"): codecs.encode,
+    ("__builtin__", "bytes"): bytes,
+    ("builtins", "bytes"): bytes,
 }
 
 
@@ -445,16 +460,30 @@ def _read_cifar_batch(spec: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DatasetError(f"{spec}: {path}'s data is {data.dtype} of shape {data.shape}; a "
                            "CIFAR-10 batch holds uint8 rows of 3072 pixels")
-    try:
-        labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError) as err:
-        raise DatasetError(f"{spec}: {path}'s labels are not whole numbers; the file is "
-                           "corrupt") from err
+    labels = _whole_numbers(spec, path, labels)
+    if data.shape[0] == 0:
+        raise DatasetError(f"{spec}: {path} holds no images; a CIFAR-10 batch holds 10,000: "
+                           "replace it with a fresh copy")
     if labels.ndim != 1 or labels.size != data.shape[0]:
         raise DatasetError(f"{spec}: {path} holds {data.shape[0]} images but {labels.size} "
                            "labels; the file is corrupt: replace it with a fresh copy")
     _check_labels(spec, path.name, labels)
     return data, labels
+
+
+def _whole_numbers(spec: str, path: Path, labels: Any) -> np.ndarray:
+    """``labels`` (a list of python or numpy integers, or an integer array) as int64; the
+    existing message for anything else (floats, strings, booleans, nested objects)."""
+    try:
+        values = np.asarray(labels)
+    except (TypeError, ValueError):
+        values = None
+    if values is not None and values.size == 0:
+        return values.astype(np.int64)
+    if values is None or values.dtype.kind not in "iu":
+        raise DatasetError(f"{spec}: {path}'s labels are not whole numbers; the file is "
+                           "corrupt")
+    return values.astype(np.int64)
 
 
 def _cifar_split(data: np.ndarray, labels: np.ndarray) -> Split:

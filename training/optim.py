@@ -21,7 +21,8 @@ update is then taken back out of the weights and handled by ``mode``:
 Digital parameters (biases, batch norm, the tiles' digital scales) are updated by the
 wrapped optimizer directly. Writes and pulses are counted per device by the tiles
 (``write_count``, ``pulse_count``); :meth:`~MixedPrecisionOptimizer.write_summary` adds
-them up.
+them up. A step whose update holds NaN or inf raises
+:class:`~training.analog.NonFiniteValues` before it writes anything.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from netlists.errors import ConfigError
-from training.analog import AnalogTiles, analog_layers, program_plans
+from training.analog import AnalogTiles, NonFiniteValues, analog_layers, program_plans
 
 __all__ = ["MixedPrecisionOptimizer", "MODES"]
 
@@ -76,9 +77,13 @@ class MixedPrecisionOptimizer:
         programmed."""
         before = [layer.weight.detach().clone() for _, layer in self.layers]
         self.optimizer.step()
+        deltas = [layer.weight.detach() - old for (_, layer), old in zip(self.layers, before)]
+        for (name, layer), delta in zip(self.layers, deltas):
+            if not bool(torch.isfinite(delta).all()):
+                raise NonFiniteValues(f"the update of the analog weights {name} holds NaN or "
+                                      "inf")
         plans = []
-        for (name, layer), old in zip(self.layers, before):
-            delta = layer.weight.detach() - old
+        for (name, layer), old, delta in zip(self.layers, before, deltas):
             layer.weight.data.copy_(old)
             if self.mode == "mixed":
                 acc = self.accumulators[name]

@@ -16,14 +16,31 @@ parameters and buffers, i.e. the high-precision weights, the devices' states and
 device-to-device draws, the per-device write and pulse counters, the optimizer's state with
 the accumulators, every random stream, and the history), so an interrupted run resumes
 with ``resume=True`` where it stopped, bit for bit (resuming a finished run reports it
-without training). A non-finite loss stops the run with an error and leaves the last
-checkpoint as it was.
+without training). The checkpoint file carries a SHA-256 of its content, checked on every
+load (``training.checkpoint``): a damaged or cut file is an error, never other weights.
+
+A run fails early and leaves the last checkpoint as it was:
+
+- the output folder is checked for writing (``netlists.files.check_writable_folder``)
+  before anything else, so a folder that cannot take files (read-only, full, a file, no
+  permission) is an ``OutputError`` naming it and the system's reason, not an error after an
+  epoch;
+- a run that diverges (a non-finite loss, NaN or inf in an analog layer's input, checked
+  once per read before the 8-bit conversion, or in the update of analog weights, checked
+  once per layer per step before any device is written) stops with a TrainingError that
+  names the epoch and batch and asks for a lower ``--lr``;
+- a checkpoint that cannot be written (a full disk) is a TrainingError saying that the
+  previous one is intact (it is written atomically; no temporary file is left);
+- Ctrl-C raises :class:`TrainingInterrupted`, a ``KeyboardInterrupt`` that carries the
+  checkpoint and the epochs it holds, and says how to continue.
 
 Evaluation reads the test split through the same analog path (with read and ADC noise) on
 the chip the model was trained on, or, with ``fresh_chip``, on a new simulated chip: new
 device-to-device draws, every device written from its floor to the trained weights
 (programming error included), no retraining. A ``float`` model is mapped onto a chip the
-same way.
+same way. On the dataset the run trained on, the test split is the run's own (for
+``mnist5k``, the one held out with its ``seed`` and ``test_size``); the result says how many
+samples were scored, with which split seed, and which calibration table was read.
 """
 
 from __future__ import annotations
@@ -40,24 +57,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibration.store import Table, atomic_write, open_table
-from netlists.errors import CircuitSimError, ConfigError
-from training.analog import PROGRAMMING, AnalogChip, analog_layers, from_digital
-from training.data import Dataset, batches, load_dataset
+from calibration.store import Table, open_table
+from netlists.errors import ConfigError
+from netlists.files import check_writable_folder
+from training.analog import PROGRAMMING, AnalogChip, NonFiniteValues, analog_layers, from_digital
+from training.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, write_checkpoint
+from training.data import Dataset, batches, load_dataset, parse_spec
+from training.errors import TrainingError, TrainingInterrupted
 from training.models import MODEL_NAMES, build_model
 from training.optim import MODES, MixedPrecisionOptimizer
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingError", "train", "evaluate",
-           "load_checkpoint", "TRAIN_MODES", "OPTIMIZERS", "CHECKPOINT_NAME"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "TrainingInterrupted", "train",
+           "evaluate", "load_checkpoint", "TRAIN_MODES", "OPTIMIZERS", "CHECKPOINT_NAME"]
 
 TRAIN_MODES = ("float",) + MODES
 OPTIMIZERS = ("sgd", "adam", "adamw")
 CHECKPOINT_NAME = "checkpoint.pt"
-_CHECKPOINT_FORMAT = 1
-
-
-class TrainingError(CircuitSimError):
-    """A run that cannot go on (non-finite loss, unusable checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +145,9 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     #: per analog layer, the write count of every device that holds a weight
     device_writes: dict[str, Any] = field(default_factory=dict)
+    #: the calibration table the analog modes ran on (path, content hash); None in float mode
+    table: str | None = None
+    table_hash: str | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -144,6 +162,8 @@ class TrainResult:
             "mode": self.config.mode,
             "model": self.config.model,
             "dataset": self.config.dataset,
+            "table": self.table,
+            "table_hash": self.table_hash,
             "history": self.history,
             "writes_per_layer": self.writes.get("layers", {}),
         }
@@ -194,9 +214,9 @@ def _progress(stream: TextIO, label: str) -> Callable[[int, int, float], None]:
     return show
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+def _reason(err: OSError) -> str:
+    where = f": {err.filename}" if err.filename is not None else ""
+    return f"{err.strerror or err}{where}"
 
 
 @torch.no_grad()
@@ -257,17 +277,14 @@ def _set_rng_state(state: dict[str, Any], chip: AnalogChip | None,
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`train`; TrainingError if it is not one."""
+    """Read a checkpoint written by :func:`train`, its checksum verified
+    (``training.checkpoint``); TrainingError if it is damaged or not one."""
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"no checkpoint at {path}: train first (`circuitsim train ... "
                             f"--out {path.parent}`)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means unusable
-        raise TrainingError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
-                            f"{err}); train again or restore it") from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != _CHECKPOINT_FORMAT:
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"{path} is not a circuitsim training checkpoint (format "
                             f"{ckpt.get('format') if isinstance(ckpt, dict) else None!r})")
     return ckpt
@@ -284,15 +301,64 @@ def _check_table(ckpt: dict[str, Any], table: Table | None) -> None:
             f"but this run uses {have!r}: pass that table with --table, or start a new run")
 
 
+def _table_id(table: Table | None) -> tuple[str | None, str | None]:
+    """The path and content hash that name a calibration table (None, None without one)."""
+    if table is None:
+        return None, None
+    return str(table.path), table.attrs.get("content_hash")
+
+
+def _split_options(cfg: TrainConfig, dataset: str) -> dict[str, Any]:
+    """``load_dataset``'s split options for ``dataset``: the run's own (its seed and
+    test_size) when it is the dataset the run trained on, so that its test split is the one
+    held out in training; the defaults for any other."""
+    if parse_spec(dataset) == parse_spec(cfg.dataset):
+        return {"seed": cfg.seed, "test_size": cfg.test_size}
+    return {"seed": 0, "test_size": None}
+
+
+def _diverged(detail: str, epoch: int, batch: int, cfg: TrainConfig, ckpt_path: Path
+              ) -> TrainingError:
+    kept = f"the last checkpoint {ckpt_path} is unchanged" if ckpt_path.exists() else \
+        "no checkpoint was written yet"
+    return TrainingError(f"values became non-finite at epoch {epoch + 1}, batch {batch + 1} "
+                         f"({detail}): lower --lr (now {cfg.lr:g}); {kept}")
+
+
+def _interrupted(epoch: int, kept: int, ckpt_path: Path) -> TrainingInterrupted:
+    if not kept:
+        return TrainingInterrupted(f"interrupted in epoch {epoch + 1}, before any checkpoint "
+                                   "was written: nothing was kept; start the run again",
+                                   checkpoint=None, epochs_done=0)
+    return TrainingInterrupted(f"interrupted in epoch {epoch + 1}; the checkpoint {ckpt_path} "
+                               f"holds {kept} epoch{'s' if kept != 1 else ''}: continue with "
+                               "--resume", checkpoint=ckpt_path, epochs_done=kept)
+
+
+def _save(state: dict[str, Any], ckpt_path: Path, kept: int) -> None:
+    try:
+        write_checkpoint(state, ckpt_path)
+    except OSError as err:
+        previous = (f"the previous checkpoint {ckpt_path} ({kept} epochs) is intact: make room "
+                    "and continue with --resume") if kept else \
+            "there was no earlier checkpoint: make room and train again"
+        raise TrainingError(f"the checkpoint {ckpt_path} after epoch {state['epoch']} could not "
+                            f"be written ({_reason(err)}); {previous}") from err
+
+
 def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
           resume: bool = False, device: str = "auto", stream: TextIO = sys.stderr
           ) -> TrainResult:
-    """Train ``cfg`` (module docstring); checkpoint in ``out``; returns the summary."""
+    """Train ``cfg`` (module docstring); checkpoint in ``out``; returns the summary.
+
+    Ctrl-C raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) that says what the
+    checkpoint on disk holds."""
     out = Path(out)
     ckpt_path = out / CHECKPOINT_NAME
     dev = pick_device(device)
     if cfg.analog and table is None:
         raise ConfigError(f"mode {cfg.mode!r} needs a calibration table (--table or --preset)")
+    check_writable_folder(out, what="--out")
     saved = None
     if resume:
         try:
@@ -311,72 +377,76 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
     elif ckpt_path.exists():
         raise TrainingError(f"{ckpt_path} exists: pass --resume to continue that run, or "
                             "choose another --out (nothing was overwritten)")
+    kept = epoch = int(saved["epoch"]) if saved is not None else 0   # epochs on disk
+    try:
+        data = load_dataset(cfg.dataset, seed=cfg.seed, test_size=cfg.test_size)
+        if data.train is None:
+            raise ConfigError(f"dataset {cfg.dataset!r} has no training split")
+        model, chip = _build(cfg, data, dev, table)
+        inner = _make_optimizer(cfg, model.parameters())
+        opt: Any = MixedPrecisionOptimizer(model, inner, mode=cfg.mode,
+                                           threshold=cfg.threshold) if cfg.analog else inner
+        shuffle = torch.Generator().manual_seed(cfg.seed)
+        history: list[dict[str, Any]] = []
+        start_epoch = 0
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            _set_rng_state(saved["rng"], chip, shuffle)
+            history = list(saved["history"])
+            start_epoch = int(saved["epoch"])
+            if start_epoch > cfg.epochs:
+                raise TrainingError(f"{ckpt_path} already holds {start_epoch} epochs, more "
+                                    f"than the {cfg.epochs} asked for: ask for more with "
+                                    "--epochs")
+        table_path, table_hash = _table_id(table if cfg.analog else None)
 
-    data = load_dataset(cfg.dataset, seed=cfg.seed, test_size=cfg.test_size) \
-        if cfg.test_size is not None else load_dataset(cfg.dataset, seed=cfg.seed)
-    if data.train is None:
-        raise ConfigError(f"dataset {cfg.dataset!r} has no training split")
-    model, chip = _build(cfg, data, dev, table)
-    inner = _make_optimizer(cfg, model.parameters())
-    opt: Any = MixedPrecisionOptimizer(model, inner, mode=cfg.mode, threshold=cfg.threshold) \
-        if cfg.analog else inner
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        _set_rng_state(saved["rng"], chip, shuffle)
-        history = list(saved["history"])
-        start_epoch = int(saved["epoch"])
-        if start_epoch > cfg.epochs:
-            raise TrainingError(f"{ckpt_path} already holds {start_epoch} epochs, more than "
-                                f"the {cfg.epochs} asked for: ask for more with --epochs")
-
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        show = _progress(stream, f"epoch {epoch + 1}/{cfg.epochs} ({cfg.mode})")
-        n_batches = math.ceil(len(data.train) / cfg.batch_size)
-        t0 = time.perf_counter()
-        total_loss = correct = seen = 0
-        writes = 0
-        for b, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True,
-                                           generator=shuffle)):
-            x, y = x.to(dev), y.to(dev)
-            opt.zero_grad()
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {float(loss.detach())} at epoch {epoch + 1}, batch {b + 1}: "
-                    f"lower --lr (now {cfg.lr:g}); the last checkpoint "
-                    f"{ckpt_path if ckpt_path.exists() else '(none yet)'} is unchanged")
-            loss.backward()
-            opt.step()
-            if cfg.analog:
-                writes += opt.step_writes
-            total_loss += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            show(b + 1, n_batches, total_loss / seen)
-        seconds = time.perf_counter() - t0
-        test_acc = accuracy(model, data.test, device=dev)
-        entry = {"epoch": epoch + 1, "train_loss": total_loss / seen,
-                 "train_accuracy": correct / seen, "test_accuracy": test_acc,
-                 "seconds": seconds, "device_writes": writes}
-        history.append(entry)
-        stream.write(f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}, train "
-                     f"{100 * entry['train_accuracy']:.2f}%, test {100 * test_acc:.2f}%, "
-                     f"{seconds:.1f} s, {writes} device writes\n")
-        _atomic_save({
-            "format": _CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "rng": _rng_state(chip, shuffle), "history": history,
-            "table_path": str(table.path) if (cfg.analog and table is not None) else None,
-            "table_hash": table.attrs.get("content_hash") if cfg.analog and table else None,
-            "dataset": {"name": data.name, "num_classes": data.num_classes,
-                        "input_shape": list(data.input_shape)},
-        }, ckpt_path)
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            show = _progress(stream, f"epoch {epoch + 1}/{cfg.epochs} ({cfg.mode})")
+            n_batches = math.ceil(len(data.train) / cfg.batch_size)
+            t0 = time.perf_counter()
+            total_loss = correct = seen = 0
+            writes = 0
+            for b, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True,
+                                               generator=shuffle)):
+                x, y = x.to(dev), y.to(dev)
+                opt.zero_grad()
+                try:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteValues(f"the loss is {float(loss.detach())}")
+                    loss.backward()
+                    opt.step()
+                except NonFiniteValues as err:
+                    raise _diverged(str(err), epoch, b, cfg, ckpt_path) from err
+                if cfg.analog:
+                    writes += opt.step_writes
+                total_loss += float(loss.detach()) * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+                show(b + 1, n_batches, total_loss / seen)
+            seconds = time.perf_counter() - t0
+            test_acc = accuracy(model, data.test, device=dev)
+            entry = {"epoch": epoch + 1, "train_loss": total_loss / seen,
+                     "train_accuracy": correct / seen, "test_accuracy": test_acc,
+                     "seconds": seconds, "device_writes": writes}
+            history.append(entry)
+            stream.write(f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}, train "
+                         f"{100 * entry['train_accuracy']:.2f}%, test {100 * test_acc:.2f}%, "
+                         f"{seconds:.1f} s, {writes} device writes\n")
+            _save({
+                "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "rng": _rng_state(chip, shuffle), "history": history,
+                "table_path": table_path, "table_hash": table_hash,
+                "dataset": {"name": data.name, "num_classes": data.num_classes,
+                            "input_shape": list(data.input_shape)},
+            }, ckpt_path, kept)
+            kept = epoch + 1
+    except KeyboardInterrupt as err:
+        raise _interrupted(epoch, kept, ckpt_path) from err
 
     ran = history[start_epoch:] or history
     writes = opt.write_summary() if cfg.analog else {}
@@ -386,7 +456,7 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
                        epochs=len(history),
                        seconds_per_epoch=sum(h["seconds"] for h in ran) / len(ran),
                        writes=writes, checkpoint=ckpt_path, history=history,
-                       device_writes=per_device)
+                       device_writes=per_device, table=table_path, table_hash=table_hash)
 
 
 def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None,
@@ -394,17 +464,22 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
              read_noise: bool | None = None) -> dict[str, Any]:
     """Test accuracy of a checkpoint on ``dataset``'s test split (module docstring).
 
-    ``table``: the calibration for a ``float`` checkpoint mapped onto a chip, or to find an
-    analog checkpoint's table if it moved (its content hash must match). ``fresh_chip``: the
-    seed of a new simulated chip to program the trained weights onto first. ``read_noise``:
-    draw read noise (default: as in training).
+    On the dataset the run trained on, the test split is the run's own (for ``mnist5k``:
+    the one its ``seed`` and ``test_size`` held out, never its training digits); on another
+    dataset, that dataset's default split. ``table``: the calibration for a ``float``
+    checkpoint mapped onto a chip, or to find an analog checkpoint's table if it moved (its
+    content hash must match). ``fresh_chip``: the seed of a new simulated chip to program the
+    trained weights onto first. ``read_noise``: draw read noise (default: as in training).
+    The result names the test split (``test_samples``, ``split_seed``: None for a dataset
+    with a fixed split) and the table used (``table``, ``table_hash``: None when none was).
     """
     ckpt = load_checkpoint(checkpoint)
     cfg = TrainConfig(**ckpt["config"])
     if read_noise is None:
         read_noise = cfg.read_noise
     dev = pick_device(device)
-    data = load_dataset(dataset, need_train=False)
+    split = _split_options(cfg, dataset)
+    data = load_dataset(dataset, need_train=False, **split)
     saved_ds = ckpt.get("dataset", {})
     if saved_ds and (list(data.input_shape) != saved_ds.get("input_shape")
                      or data.num_classes != saved_ds.get("num_classes")):
@@ -416,7 +491,9 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
     model = build_model(cfg.model, num_classes=data.num_classes, input_shape=data.input_shape)
     model.to(dev)
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "mode": cfg.mode,
-                              "dataset": dataset, "fresh_chip": fresh_chip}
+                              "dataset": dataset, "fresh_chip": fresh_chip,
+                              "test_samples": len(data.test),
+                              "split_seed": split["seed"] if data.name == "mnist5k" else None}
     if cfg.analog:
         if table is None:
             path = ckpt.get("table_path")
@@ -440,8 +517,8 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
                                   "--preset) to be programmed onto a chip")
             chip = _chip(cfg, table, fresh_chip, dev, read_noise)
             from_digital(model, chip, range_margin=1.0)
+        else:
+            table = None                                   # float weights read no table
     result["test_accuracy"] = accuracy(model, data.test, device=dev)
-    if table is not None:
-        result["table"] = str(table.path)
+    result["table"], result["table_hash"] = _table_id(table)
     return result
-
