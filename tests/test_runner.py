@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import proctree
+from circuitsim import discovery
 from circuitsim import runner as runner_module
 from circuitsim.rawfile import parse_raw
 from circuitsim.runner import (
@@ -126,9 +127,9 @@ def runners() -> Iterator[dict[str, Runner]]:
 @pytest.fixture
 def fresh_probe() -> Iterator[None]:
     """Forget cached ngspice probes before and after a test that fakes their results."""
-    runner_module._clear_caches()
+    discovery._clear_caches()
     yield
-    runner_module._clear_caches()
+    discovery._clear_caches()
 
 
 # ------------------------------------------------------------------------------------
@@ -301,7 +302,7 @@ def test_result_lookup_names_available_vectors(runners: dict[str, Runner]) -> No
 @pytest.mark.spice
 def test_missing_library_raises_not_found(monkeypatch: pytest.MonkeyPatch,
                                           fresh_probe: None) -> None:
-    monkeypatch.setattr(runner_module, "_find_library", lambda: None)
+    monkeypatch.setattr(discovery, "_find_library", lambda: None)
     with pytest.raises(SimulatorNotFoundError, match="(?s)libngspice.*apt-get install"):
         check_ngspice()
     with Runner() as runner, pytest.raises(SimulatorNotFoundError, match="libngspice"):
@@ -325,7 +326,7 @@ def test_unloadable_library_raises_not_found(monkeypatch: pytest.MonkeyPatch,
 @pytest.mark.spice
 def test_missing_program_raises_not_found(monkeypatch: pytest.MonkeyPatch,
                                           fresh_probe: None) -> None:
-    monkeypatch.setattr(runner_module, "_find_executable", lambda: None)
+    monkeypatch.setattr(discovery, "_find_executable", lambda: None)
     with pytest.raises(SimulatorNotFoundError, match="ngspice program"):
         check_ngspice()
     with Runner(SolverConfig(backend="batch")) as runner, \
