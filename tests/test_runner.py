@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import proctree
+from circuitsim import deck as deck_module
 from circuitsim import discovery
 from circuitsim import runner as runner_module
 from circuitsim.rawfile import parse_raw
@@ -370,7 +371,7 @@ def test_bad_arguments_are_rejected() -> None:
 
 
 def test_deck_preparation_adds_klu_aids_and_control() -> None:
-    deck = runner_module._prepare(RC_STEP, "rc")
+    deck = deck_module._prepare(RC_STEP, "rc")
     assert deck.analysis == "tran" and deck.tstop == pytest.approx(5e-6)
     plain = deck.render((), batch=False)
     assert ".options klu" in plain and ".control" not in plain
@@ -379,7 +380,7 @@ def test_deck_preparation_adds_klu_aids_and_control() -> None:
     lines = batch.splitlines()
     assert lines.index(".options klu") < lines.index(CONVERGENCE_AIDS[1].cards[0]) \
         < lines.index("set num_threads=1") < lines.index(".end")
-    has_klu = runner_module._prepare("t\nR1 a 0 1\n.options\n+ klu reltol=1e-4\n.op\n.end\n", "k")
+    has_klu = deck_module._prepare("t\nR1 a 0 1\n.options\n+ klu reltol=1e-4\n.op\n.end\n", "k")
     assert ".options klu" not in has_klu.render((), batch=False)
 
 
@@ -388,7 +389,7 @@ def test_deck_preparation_adds_klu_aids_and_control() -> None:
     ("1", 1.0), ("{tstop}", None), (".5u", 0.5e-6),
 ])
 def test_spice_numbers(text: str, value: float | None) -> None:
-    got = runner_module._spice_number(text)
+    got = deck_module._spice_number(text)
     assert got == (None if value is None else pytest.approx(value))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from circuitsim import runner as runner_module
+from circuitsim import deck as deck_module
 from circuitsim.runner import CircuitInvalidatedError, LoadedCircuit, Runner, SimResult
 from netlists.config import SolverConfig
 from netlists.errors import (
@@ -354,19 +354,19 @@ def test_timeout_kill_reloads_transparently() -> None:
 ])
 def test_batch_rewrites_source_lines(line: str, dc: float | None, pwl: list[float] | None,
                                      expected: str) -> None:
-    assert runner_module._edit_source_line(line, dc, pwl, "deck") == expected
+    assert deck_module._edit_source_line(line, dc, pwl, "deck") == expected
 
 
 def test_batch_rewrite_refuses_functions_without_parentheses() -> None:
     with pytest.raises(NetlistError, match="parentheses"):
-        runner_module._edit_source_line("V1 a 0 pwl 0 0 1 1", None, [0, 1], "deck")
+        deck_module._edit_source_line("V1 a 0 pwl 0 0 1 1", None, [0, 1], "deck")
 
 
 def test_sources_are_found_outside_subcircuits_only() -> None:
-    deck = runner_module._prepare(
+    deck = deck_module._prepare(
         "t\nV1 a 0 1\n+ AC 1\n* note\nI2 0 a 1m\n.subckt s x\nVs x 0 1\n.ends\nR1 a 0 1\n"
         "X1 a s\n.op\n.end\n", "t")
-    sources, elements = runner_module._deck_elements(deck)
+    sources, elements = deck_module._deck_elements(deck)
     assert sorted(sources) == ["i2", "v1"]
     assert (sources["v1"].start, sources["v1"].stop) == (1, 3)
     assert elements == {"v1", "i2", "r1", "x1"}
