@@ -19,8 +19,7 @@ import pytest
 
 import proctree
 from circuitsim import deck as deck_module
-from circuitsim import discovery
-from circuitsim import runner as runner_module
+from circuitsim import discovery, verdict
 from circuitsim.rawfile import parse_raw
 from circuitsim.runner import (
     CONVERGENCE_AIDS,
@@ -408,7 +407,7 @@ def test_spice_numbers(text: str, value: float | None) -> None:
     ("i(v1)", None, "i(v1)"),
 ])
 def test_vector_names_are_normalized(name: str, vtype: str | None, expected: str) -> None:
-    assert runner_module._canonical(name, vtype) == expected
+    assert verdict._canonical(name, vtype) == expected
 
 
 _RAW_HEADER = (b"Title: t\nDate: today\nPlotname: Transient Analysis\nFlags: real\n"
