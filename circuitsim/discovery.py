@@ -119,7 +119,8 @@ def _library_facts() -> _Found:
     path = _find_library()
     if path is None:
         return _Found(None, 0, False, "the shared library libngspice was not found")
-    from circuitsim.runner import _Worker  # the probe loads the library in a worker process
+    # The probe loads the library the way the shared backend does: in a worker process.
+    from circuitsim.backends.shared import _Worker
 
     try:
         worker = _Worker(path)

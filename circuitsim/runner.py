@@ -1,6 +1,7 @@
 """Run ngspice on netlist text and return its vectors as numpy arrays.
 
-One interface, two backends (:class:`~netlists.config.SolverConfig` ``backend``):
+One interface, two backends (:class:`~netlists.config.SolverConfig` ``backend``; one class
+each in :mod:`circuitsim.backends`, chosen once when the runner is made):
 
 ``shared`` (default)
     libngspice, loaded through PySpice's ``NgSpiceShared`` inside a worker *process*
@@ -104,6 +105,16 @@ number parser may differ from them by one unit in the last place.
 One runner keeps at most one loaded circuit: :meth:`Runner.load` of another deck, a plain
 :meth:`Runner.run`, or :meth:`Runner.close` invalidates it (on both backends, so that code
 behaves alike on either), and using it afterwards raises :class:`CircuitInvalidatedError`.
+
+Where the parts live
+--------------------
+This module holds the interface: :class:`Runner` (the retry loop with convergence aids),
+:class:`LoadedCircuit` (alterations, validity), :class:`SimResult`, the aids, and
+re-exports :func:`check_ngspice` and :class:`NgspiceInfo`. The rest, one job a module:
+:mod:`circuitsim.discovery` (finding and checking ngspice), :mod:`circuitsim.deck` (the
+deck contract, the cards added, sources and their rewriting), :mod:`circuitsim.verdict`
+(vector names, how success is judged) and :mod:`circuitsim.backends` (the
+:class:`~circuitsim.backends.base.Backend` interface and one class per backend).
 """
 
 from __future__ import annotations
@@ -111,43 +122,24 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
-import time
-import weakref
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from pathlib import Path
-from typing import IO, Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from circuitsim import discovery
-from circuitsim._lifeline import parent_death_preexec
+from circuitsim.backends import BACKENDS, Backend
 from circuitsim.deck import (
     _SOURCE_NAME,
     _alteration,
     _Deck,
     _deck_elements,
     _prepare,
-    _rewrite_sources,
     _SourceLine,
 )
-from circuitsim.discovery import (
-    MIN_VERSION,
-    NgspiceInfo,
-    _executable_facts,
-    _Found,
-    _judge_found,
-    _not_found,
-    check_ngspice,
-)
-from circuitsim.rawfile import read_raw
-from circuitsim.verdict import _canonical, _clean_log, _judge, _ordered, _Outcome, _rejection
+# Re-exported: callers import what the runner layer offers from this module.
+from circuitsim.discovery import MIN_VERSION, NgspiceInfo, check_ngspice
+from circuitsim.verdict import _judge, _Outcome
 from netlists.config import SolverConfig
 from netlists.errors import (
     CircuitSimError,
@@ -155,7 +147,6 @@ from netlists.errors import (
     NetlistError,
     SimulationTimeout,
     SimulatorError,
-    SimulatorNotFoundError,
 )
 
 __all__ = [
@@ -170,14 +161,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_WORKER_PATH = str(Path(__file__).with_name("_worker.py"))
-# Run _worker.py as a script in a fresh interpreter without the current directory on
-# sys.path (a stray numpy.py there must not shadow numpy) and without importing circuitsim.
-_BOOT = ("import sys; sys.path[:] = [p for p in sys.path if p]; sys.argv = sys.argv[1:]; "
-         "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')")
-_STARTUP_TIMEOUT_S = 60.0
-_CLOSE_TIMEOUT_S = 5.0
 
 
 # --------------------------------------------------------------------------------------
@@ -235,167 +218,12 @@ CONVERGENCE_AIDS: tuple[ConvergenceAid, ...] = (
 
 
 # --------------------------------------------------------------------------------------
-# The worker process (shared backend)
-# --------------------------------------------------------------------------------------
-
-class _WorkerTimeout(Exception):
-    pass
-
-
-class _WorkerDied(Exception):
-    def __init__(self, message: str, log: str) -> None:
-        super().__init__(message)
-        self.log = log
-
-
-def _reap(proc: subprocess.Popen[bytes], conn: Connection, output: IO[bytes],
-          kill: bool) -> None:
-    """Stop a worker: ask it to exit (or kill it), then release its pipe and output file."""
-    if kill:
-        proc.kill()
-    else:
-        try:
-            conn.send(("close",))
-        except (OSError, ValueError):
-            pass
-    conn.close()
-    try:
-        proc.wait(timeout=_CLOSE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    output.close()
-
-
-class _Worker:
-    """One worker process hosting libngspice (see ``_worker.py``)."""
-
-    def __init__(self, library: str, *, startup_timeout_s: float = _STARTUP_TIMEOUT_S) -> None:
-        self.library = library
-        self.solves = 0
-        # What the worker keeps loaded for a LoadedCircuit: (serial, number of convergence
-        # aids in the loaded text, alteration version applied), or None.
-        self.held: tuple[int, int, int] | None = None
-        parent, child = socket.socketpair()
-        # The worker's own stdout/stderr (ngspice writes almost everything through the
-        # callbacks) go to a private file: never into the caller's stdout, never a pipe
-        # that could fill up; its tail explains a crash.
-        self._output: IO[bytes] = tempfile.TemporaryFile(prefix="circuitsim-worker-")
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, _WORKER_PATH, str(child.fileno()), library,
-                 str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=self._output, stderr=self._output,
-                pass_fds=(child.fileno(),), close_fds=True)
-        except OSError as err:
-            parent.close()
-            child.close()
-            self._output.close()
-            raise SimulatorError(f"cannot start the ngspice worker: {err}") from err
-        child.close()
-        self._conn = Connection(parent.detach())
-        self._finalizer = weakref.finalize(self, _reap, self._proc, self._conn, self._output,
-                                           False)
-        logger.debug("started ngspice worker pid %d for %s", self._proc.pid, library)
-        try:
-            kind, payload = self._receive(startup_timeout_s)
-        except _WorkerTimeout:
-            self.close(kill=True)
-            raise SimulatorError(
-                f"the ngspice worker did not start within {startup_timeout_s:g} s") from None
-        except _WorkerDied as err:
-            raise SimulatorNotFoundError(
-                f"the ngspice worker could not load {library}: {err}", log=err.log) from None
-        if kind != "ready":
-            self.close(kill=True)
-            raise SimulatorNotFoundError(f"cannot load libngspice from {library}: {payload}")
-        self.info: dict[str, Any] = payload
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    def _output_tail(self, limit: int = 4000) -> str:
-        try:
-            self._output.seek(0, os.SEEK_END)
-            size = self._output.tell()
-            self._output.seek(max(0, size - limit))
-            return self._output.read().decode("utf-8", "replace")
-        except (OSError, ValueError):
-            return ""
-
-    def _receive(self, timeout: float) -> tuple[str, Any]:
-        try:
-            ready = self._conn.poll(max(timeout, 0.0))
-        except (OSError, EOFError):
-            ready = True  # the read below reports the death
-        if not ready:
-            raise _WorkerTimeout()
-        try:
-            message = self._conn.recv()
-        except (EOFError, OSError) as err:
-            tail = self._output_tail()
-            self.close(kill=True)
-            status = self._proc.returncode
-            raise _WorkerDied(f"the worker exited unexpectedly (status {status}): {err}",
-                              tail) from None
-        if message[0] == "crash":
-            log = f"{self._output_tail()}\n{message[1]}".strip()
-            self.close(kill=True)
-            raise _WorkerDied("the worker raised an exception", log)
-        return message[0], message[1]
-
-    def solve(self, text: str, timeout: float) -> dict[str, Any]:
-        """Send one deck; return the worker's reply. Raises _WorkerTimeout / _WorkerDied."""
-        return self.request(("run", text), timeout)
-
-    def request(self, message: tuple[Any, ...], timeout: float) -> dict[str, Any]:
-        """Send one request (see ``_worker.py``); return the worker's reply.
-
-        ``run``, ``load`` and ``rerun`` count as solves (for ``recycle_after``). Every
-        request clears ``held``; the caller sets it again after a successful load or rerun.
-        Raises _WorkerTimeout / _WorkerDied.
-        """
-        if message[0] != "drop":
-            self.solves += 1
-        self.held = None
-        try:
-            self._conn.send(message)
-        except (OSError, ValueError) as err:
-            tail = self._output_tail()
-            self.close(kill=True)
-            raise _WorkerDied(f"cannot reach the worker: {err}", tail) from None
-        _, reply = self._receive(timeout)
-        return reply  # type: ignore[no-any-return]
-
-    def close(self, *, kill: bool = False) -> None:
-        """Stop the worker (gracefully unless ``kill``); idempotent."""
-        if self._finalizer.detach() is not None:
-            _reap(self._proc, self._conn, self._output, kill)
-
-
-# --------------------------------------------------------------------------------------
 # The runner
 # --------------------------------------------------------------------------------------
 
 def _check_name(name: object) -> None:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"name = {name!r} must be a non-empty string")
-
-
-def _shared_outcome(reply: Mapping[str, Any], seconds: float) -> _Outcome:
-    """A worker's solve reply as an outcome to judge."""
-    log = "\n".join(reply["log"])
-    if reply["complex"]:
-        return _Outcome(None, log, seconds, problem="complex results are not supported")
-    vectors = None
-    if reply["plot"] is not None:
-        try:
-            vectors = _ordered((_canonical(vname, vtype), values)
-                               for vname, vtype, values in reply["vectors"])
-        except SimulatorError as err:
-            return _Outcome(None, log, seconds, problem=str(err))
-    return _Outcome(vectors, log, seconds)
 
 
 class Runner:
@@ -413,7 +241,7 @@ class Runner:
         if not isinstance(solver, SolverConfig):
             raise TypeError(f"solver must be a SolverConfig, got {type(solver).__name__}")
         self.solver = solver
-        self._worker: _Worker | None = None
+        self._backend: Backend = BACKENDS[solver.backend](solver)
         self._lock = threading.Lock()
         self._loaded: LoadedCircuit | None = None
 
@@ -431,7 +259,7 @@ class Runner:
         """Stop the worker process, if one is running; invalidates a loaded circuit."""
         with self._lock:
             self._invalidate_loaded("its runner was closed")
-            self._drop_worker(kill=False)
+            self._backend.close()
 
     def _limit(self, timeout_s: float | None) -> float:
         limit = self.solver.timeout_s if timeout_s is None else timeout_s
@@ -453,11 +281,10 @@ class Runner:
         _check_name(name)
         limit = self._limit(timeout_s)
         deck = _prepare(netlist, name)
-        batch = self.backend == "batch"
-        solve = self._solve_batch if batch else self._solve_shared
+        backend = self._backend
 
         def attempt(aids: Sequence[ConvergenceAid], left: float) -> _Outcome:
-            return solve(deck.render(aids, batch=batch), name, left, limit)
+            return backend.solve(deck, aids, name, left, limit)
 
         with self._lock:
             self._invalidate_loaded("Runner.run() was called on its runner")
@@ -480,8 +307,7 @@ class Runner:
         with self._lock:
             self._invalidate_loaded(f"another circuit ({name!r}) was loaded")
             circuit = LoadedCircuit(self, deck, name, sources, elements)
-            if self.backend == "shared":
-                self._load_shared(circuit, limit)
+            self._backend.load(circuit, limit)
             self._loaded = circuit
         return circuit
 
@@ -536,178 +362,6 @@ class Runner:
         if self._loaded is not None:
             self._loaded._invalid = reason
             self._loaded = None
-
-    def _release(self, circuit: "LoadedCircuit") -> None:
-        """Remove ``circuit`` from the worker, if the worker holds it."""
-        worker = self._worker
-        if worker is None or worker.held is None or worker.held[0] != circuit._serial:
-            return
-        try:
-            reply = worker.request(("drop",), _CLOSE_TIMEOUT_S)
-        except _WorkerTimeout:
-            self._drop_worker(kill=True)
-            return
-        except _WorkerDied:
-            self._worker = None
-            return
-        if reply["dead"]:
-            self._drop_worker(kill=False)
-
-    def _load_shared(self, circuit: "LoadedCircuit", limit: float) -> None:
-        worker = self._ready_worker()
-        reply, _ = self._exchange(worker, ("load", circuit._deck.render((), batch=False)),
-                                  circuit.name, limit, limit, "loading the netlist")
-        rejected = _rejection(reply["log"])
-        if rejected:
-            raise NetlistError(
-                f"{circuit.name}: ngspice rejected the netlist:\n"
-                + "\n".join("  " + line for line in rejected.splitlines()))
-        if not reply["loaded"]:
-            raise SimulatorError("ngspice could not load the netlist", netlist=circuit.name,
-                                 log="\n".join(reply["log"]))
-        if self._worker is worker:
-            worker.held = (circuit._serial, 0, 0)
-
-    def _solve_loaded(self, circuit: "LoadedCircuit", aids: Sequence[ConvergenceAid],
-                      left: float, limit: float) -> _Outcome:
-        """Re-run ``circuit`` in the worker, reloading it there first when needed."""
-        worker = self._ready_worker()
-        held = worker.held
-        level = len(aids)
-        if held is not None and held[0] == circuit._serial and held[1] == level:
-            text, since = None, held[2]
-        else:
-            logger.debug("%s: loading the deck into ngspice worker pid %d (%d aid(s), %d "
-                         "alteration(s))", circuit.name, worker.pid, level,
-                         len(circuit._state))
-            text, since = circuit._deck.render(aids, batch=False), -1
-        version = circuit._version
-        changes = [(source, kind, list(values))
-                   for (source, kind), values in circuit._state.items()
-                   if circuit._changed[(source, kind)] > since]
-        reply, seconds = self._exchange(worker, ("rerun", text, changes), circuit.name,
-                                        left, limit)
-        if self._worker is worker and reply["loaded"]:
-            worker.held = (circuit._serial, level, version)
-        return _shared_outcome(reply, seconds)
-
-    # -- shared backend ----------------------------------------------------------------
-
-    def _drop_worker(self, *, kill: bool) -> None:
-        if self._worker is not None:
-            self._worker.close(kill=kill)
-            self._worker = None
-
-    def _ready_worker(self) -> _Worker:
-        """The current worker, started or recycled as needed."""
-        if self._worker is not None and self._worker.solves >= self.solver.recycle_after:
-            logger.debug("recycling ngspice worker pid %d after %d solves",
-                         self._worker.pid, self._worker.solves)
-            self._drop_worker(kill=False)
-        if self._worker is None:
-            # Looked up on its module, where a test may replace it.
-            library = discovery._find_library()
-            if library is None:
-                raise _not_found(["the shared library libngspice was not found"], MIN_VERSION)
-            if os.sep in library and not Path(library).exists():
-                raise _not_found([f"libngspice {library} does not exist"], MIN_VERSION)
-            try:
-                worker = _Worker(library)
-            except SimulatorNotFoundError as err:
-                raise _not_found([str(err)], MIN_VERSION) from None
-            problem = _judge_found(
-                _Found(library, int(worker.info.get("version", 0)),
-                       bool(worker.info.get("klu")), ""), "library", MIN_VERSION)
-            if problem:
-                worker.close()
-                raise _not_found([problem], MIN_VERSION)
-            self._worker = worker
-        return self._worker
-
-    def _exchange(self, worker: _Worker, message: tuple[Any, ...], name: str, left: float,
-                  limit: float, what: str = "the solve") -> tuple[dict[str, Any], float]:
-        """Send one request to ``worker``; the reply and its wall time.
-
-        A timeout kills the worker (SimulationTimeout); a dead worker raises SimulatorError;
-        a worker whose ngspice declared itself unusable is stopped after its reply.
-        """
-        start = time.monotonic()
-        try:
-            reply = worker.request(message, left)
-        except _WorkerTimeout:
-            self._drop_worker(kill=True)
-            raise SimulationTimeout(
-                f"{what} did not finish within {limit:g} s; its ngspice worker was killed",
-                netlist=name) from None
-        except _WorkerDied as err:
-            self._worker = None
-            raise SimulatorError(f"the ngspice worker died: {err}", netlist=name,
-                                 log=err.log) from None
-        except BaseException:
-            self._drop_worker(kill=True)  # e.g. KeyboardInterrupt mid-solve
-            raise
-        seconds = time.monotonic() - start
-        if reply["dead"]:
-            # ngspice declared itself unusable; the next solve gets a fresh library.
-            self._drop_worker(kill=False)
-        return reply, seconds
-
-    def _solve_shared(self, text: str, name: str, left: float, limit: float) -> _Outcome:
-        worker = self._ready_worker()
-        reply, seconds = self._exchange(worker, ("run", text), name, left, limit)
-        return _shared_outcome(reply, seconds)
-
-    # -- batch backend -----------------------------------------------------------------
-
-    def _executable(self) -> str:
-        facts = _executable_facts()
-        problem = _judge_found(facts, "program", MIN_VERSION)
-        if problem or facts.path is None:
-            raise _not_found([problem or "ngspice not found"], MIN_VERSION)
-        return facts.path
-
-    def _solve_batch(self, text: str, name: str, left: float, limit: float) -> _Outcome:
-        executable = self._executable()
-        with tempfile.TemporaryDirectory(prefix="circuitsim-ngspice-") as folder:
-            deck_path, raw = Path(folder, "deck.cir"), Path(folder, "out.raw")
-            deck_path.write_text(text)
-            start = time.monotonic()
-            # Run in the caller's directory, like the shared worker, so that relative
-            # .include/.lib paths resolve the same way on both backends.
-            # ngspice dies with this process (this thread waits for it below).
-            proc = subprocess.Popen(
-                [executable, "-b", "-r", str(raw), str(deck_path)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                preexec_fn=parent_death_preexec())
-            try:
-                output, _ = proc.communicate(timeout=max(left, 0.0))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                output, _ = proc.communicate()
-                raise SimulationTimeout(
-                    f"the solve did not finish within {limit:g} s; ngspice was killed",
-                    netlist=name, log=_clean_log(output)) from None
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            seconds = time.monotonic() - start
-            log = _clean_log(output)
-            if proc.returncode != 0 or not raw.exists():
-                return _Outcome(None, log, seconds, exit_status=proc.returncode)
-            try:
-                plots = read_raw(raw)
-            except SimulatorError as err:
-                return _Outcome(None, log, seconds, proc.returncode, problem=str(err))
-        if len(plots) != 1:
-            return _Outcome(None, log, seconds, proc.returncode,
-                            problem=f"the raw file holds {len(plots)} plots instead of 1")
-        try:
-            vectors = _ordered((_canonical(vname), values)
-                               for vname, values in plots[0].vectors().items())
-        except SimulatorError as err:
-            return _Outcome(None, log, seconds, proc.returncode, problem=str(err))
-        return _Outcome(vectors, log, seconds, proc.returncode)
 
 
 # --------------------------------------------------------------------------------------
@@ -793,8 +447,7 @@ class LoadedCircuit:
             self._invalid = "it was closed"
             if runner._loaded is self:
                 runner._loaded = None
-            if runner.backend == "shared":
-                runner._release(self)
+            runner._backend.release(self)
 
     def alter(self, changes: Mapping[str, float | Sequence[float]]) -> None:
         """Change independent sources for the next :meth:`run` (and all later ones).
@@ -849,15 +502,7 @@ class LoadedCircuit:
         limit = runner._limit(timeout_s)
         with runner._lock:
             self._check_valid()
-            if runner.backend == "batch":
-                deck = _rewrite_sources(self._deck, self._sources, self._state, self.name)
 
-                def attempt(aids: Sequence[ConvergenceAid], left: float) -> _Outcome:
-                    return runner._solve_batch(deck.render(aids, batch=True), self.name,
-                                               left, limit)
-            else:
-                deck = self._deck
-
-                def attempt(aids: Sequence[ConvergenceAid], left: float) -> _Outcome:
-                    return runner._solve_loaded(self, aids, left, limit)
-            return runner._attempts(deck, self.name, limit, attempt)
+            def attempt(aids: Sequence[ConvergenceAid], left: float) -> _Outcome:
+                return runner._backend.solve_loaded(self, aids, left, limit)
+            return runner._attempts(self._deck, self.name, limit, attempt)

@@ -1,4 +1,5 @@
-"""Tests of the ngspice runner layer (circuitsim.runner, circuitsim._worker, circuitsim.rawfile).
+"""Tests of the ngspice runner layer (circuitsim.runner and what it is made of: discovery,
+deck, verdict, backends, _worker, rawfile).
 
 Tests marked ``spice`` run the real ngspice 46 (program and shared library), on both
 backends where the behaviour must match. Circuits are tiny; the whole file runs in well
