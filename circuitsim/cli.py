@@ -16,13 +16,16 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from netlists.config import HardwareConfig, SolverConfig, load_config, preset
 from netlists.errors import CircuitSimError, ConfigError, OutputError
 from netlists.files import check_writable_folder
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuitsim.interfaces import SpiceRunner
 
 DEFAULT_PRESET = "chip"
 
@@ -116,7 +119,7 @@ def cmd_device_pulses(args: argparse.Namespace) -> None:
 
 
 # ---- array ------------------------------------------------------------------------------
-def random_tile(hw: HardwareConfig, *, runner, seed: int, levels: int = 128
+def random_tile(hw: HardwareConfig, *, runner: SpiceRunner, seed: int, levels: int = 128
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A random map of programmable levels and a random input vector.
 

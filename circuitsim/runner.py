@@ -114,7 +114,8 @@ re-exports :func:`check_ngspice` and :class:`NgspiceInfo`. The rest, one job a m
 :mod:`circuitsim.discovery` (finding and checking ngspice), :mod:`circuitsim.deck` (the
 deck contract, the cards added, sources and their rewriting), :mod:`circuitsim.verdict`
 (vector names, how success is judged) and :mod:`circuitsim.backends` (the
-:class:`~circuitsim.backends.base.Backend` interface and one class per backend).
+:class:`~circuitsim.backends.base.Backend` interface and one class per backend). Code that
+takes a runner types it as :class:`circuitsim.interfaces.SpiceRunner`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Solve one 1T1R tile read in ngspice, and the ideal crossbar it is compared against.
 
 ``solve_tile`` renders the bit-serial transient deck (``netlists.array.render_tile_deck``),
-runs it through a :class:`circuitsim.runner.Runner` and returns the ADC codes, the
-accumulated front-end voltages and the TIA output sampled at the end of every input bit.
+runs it through a runner (:class:`~circuitsim.interfaces.SpiceRunner`, such as
+:class:`circuitsim.runner.Runner`) and returns the ADC codes, the accumulated front-end
+voltages and the TIA output sampled at the end of every input bit.
 
 ``ideal_accumulated_v`` / ``ideal_codes`` are the reference: a linear crossbar with
 conductances ``g`` (no wires, no driver resistance, perfect virtual ground, no rails), the same
@@ -28,10 +29,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from circuitsim.interfaces import SpiceRunner
 from netlists.array import (
     check_inputs,
     read_timing,
@@ -42,7 +44,7 @@ from netlists.config import ADCParams, HardwareConfig, SolverConfig
 from netlists.errors import ConfigError, SimulatorError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Mapping
+    from circuitsim.runner import SimResult
 
 __all__ = [
     "TileResult",
@@ -53,10 +55,6 @@ __all__ = [
     "ideal_codes",
     "measure_cell_conductance",
 ]
-
-
-class _RunnerLike(Protocol):
-    def run(self, netlist: str, *, name: str = ...) -> "Mapping[str, Any]": ...
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,7 @@ def render_tile(hw: HardwareConfig, states: object, x: object, *,
     return render_tile_deck(hw, states, x, solver=solver, name=name, **variations)
 
 
-def solve_tile(hw: HardwareConfig, states: object, x: object, *, runner: _RunnerLike,
+def solve_tile(hw: HardwareConfig, states: object, x: object, *, runner: SpiceRunner,
                solver: SolverConfig | None = None, name: str = "tile",
                tia_offset_v: object = None, adc_offset_v: object = None,
                adc_inl_lsb: object = None) -> TileResult:
@@ -124,7 +122,7 @@ def solve_tile(hw: HardwareConfig, states: object, x: object, *, runner: _Runner
                       solve_seconds=elapsed)
 
 
-def _vector(result: "Mapping[str, Any]", key: str, name: str) -> np.ndarray:
+def _vector(result: SimResult, key: str, name: str) -> np.ndarray:
     try:
         vec = np.asarray(result[key], dtype=float)
     except KeyError:
@@ -180,7 +178,7 @@ def _check_g(hw: HardwareConfig, g_siemens: object) -> np.ndarray:
 
 
 def measure_cell_conductance(hw: HardwareConfig, n_values: object, *,
-                             runner: _RunnerLike, name: str = "cell_read") -> np.ndarray:
+                             runner: SpiceRunner, name: str = "cell_read") -> np.ndarray:
     """Read conductance ``I / v_read`` of whole 1T1R cells (RRAM + access NMOS), solved in
     ngspice, for each state in ``n_values``; same shape as ``n_values``.
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -52,6 +52,9 @@ from calibration.irdrop import (
 from netlists.array import render_cell_read_deck, render_tile_op_deck
 from netlists.config import HardwareConfig
 from netlists.errors import ConfigError, SimulatorError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuitsim.interfaces import SpiceRunner
 
 __all__ = ["ArrayGrid", "ArraySurface", "SURFACE", "level_table", "tia_linear_limit_v"]
 
@@ -117,7 +120,8 @@ def tia_linear_limit_v(hw: HardwareConfig) -> float:
     return min(-t.v_rail_low_v, t.v_rail_high_v) - 3.0 * t.v_clamp_knee_v
 
 
-def level_table(hw: HardwareConfig, runner: Any, levels: int) -> tuple[np.ndarray, np.ndarray]:
+def level_table(hw: HardwareConfig, runner: SpiceRunner,
+                levels: int) -> tuple[np.ndarray, np.ndarray]:
     """(states, read conductances in S) of ``levels`` programmable levels evenly spaced in
     conductance over the 1T1R cell's window. Two ngspice ``.op`` runs: the cell's
     conductance curve over the state, then the level states themselves (so that ``g`` is
@@ -170,7 +174,7 @@ class ArraySurface:
                 for t, (split, kind) in enumerate(plan)]
 
     def solve(self, hw: HardwareConfig, grid: ArrayGrid, point: Mapping[str, Any],
-              runner: Any) -> dict[str, np.ndarray]:
+              runner: SpiceRunner) -> dict[str, np.ndarray]:
         start = time.perf_counter()
         rows, cols = hw.array.rows, hw.array.cols
         kind = point["kind"]
