@@ -8,6 +8,7 @@ under 30 s on 2 cores. Tests without the marker need no simulator.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 
 import proctree
 from circuitsim import deck as deck_module
-from circuitsim import discovery, verdict
+from circuitsim import backends, discovery, verdict
 from circuitsim.rawfile import parse_raw
 from circuitsim.runner import (
     CONVERGENCE_AIDS,
@@ -358,6 +359,13 @@ def test_importing_the_runner_does_not_import_torch() -> None:
 def test_deck_contract_is_checked_before_solving(deck: str, message: str) -> None:
     with pytest.raises(NetlistError, match=rf"deck-x.*{message}"):
         Runner().run(deck, name="deck-x")
+
+
+def test_every_configurable_backend_has_a_class() -> None:
+    (field,) = [f for f in dataclasses.fields(SolverConfig) if f.name == "backend"]
+    assert set(field.metadata["choices"]) == set(backends.BACKENDS) == set(BACKENDS)
+    for backend, kind in backends.BACKENDS.items():
+        assert type(Runner(SolverConfig(backend=backend))._backend) is kind
 
 
 def test_bad_arguments_are_rejected() -> None:
