@@ -15,7 +15,8 @@ satisfies :class:`Surface`:
   returns the grid for ``"tiny"``, ``"chip"`` or ``"paper-sim"``.
 * ``points(hw, grid)``: the jobs, in a fixed order. Deterministic: the same inputs give the
   same points (seeds are part of the points).
-* ``solve(hw, grid, point, runner)``: runs in a worker; pure apart from ngspice; raises a
+* ``solve(hw, grid, point, runner)``: runs in a worker, with that process's runner (a
+  :class:`~circuitsim.interfaces.SpiceRunner`); pure apart from ngspice; raises a
   :class:`~netlists.errors.CircuitSimError` on failure (never returns zeros).
 * ``assemble(hw, grid, points, results)``: the :class:`SurfaceData`.
 * ``netlists(hw, grid)``: representative netlist texts that the results depend on (they go
@@ -25,12 +26,15 @@ satisfies :class:`Surface`:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from netlists.config import HardwareConfig, SolverConfig
 from netlists.errors import ConfigError, SimulatorError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuitsim.interfaces import SpiceRunner
 
 __all__ = ["Array", "SurfaceData", "Surface", "Point", "JobResult", "preset_grid",
            "result_vector", "steps_per_bit"]
@@ -71,7 +75,8 @@ class Surface(Protocol):
 
     def points(self, hw: HardwareConfig, grid: Any) -> list[Point]: ...
 
-    def solve(self, hw: HardwareConfig, grid: Any, point: Point, runner: Any) -> JobResult: ...
+    def solve(self, hw: HardwareConfig, grid: Any, point: Point,
+              runner: SpiceRunner) -> JobResult: ...
 
     def assemble(self, hw: HardwareConfig, grid: Any, points: Sequence[Point],
                  results: Sequence[JobResult]) -> SurfaceData: ...
@@ -93,7 +98,7 @@ def preset_grid(surface: str, presets: Mapping[str, Any], preset: str,
     return value
 
 
-def steps_per_bit(runner: Any) -> int:
+def steps_per_bit(runner: SpiceRunner) -> int:
     """The transient resolution of the runner's solver (the tile deck's), default otherwise."""
     solver = getattr(runner, "solver", None)
     return (solver if isinstance(solver, SolverConfig) else SolverConfig()).steps_per_bit

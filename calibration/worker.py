@@ -23,6 +23,7 @@ import numpy as np
 from netlists.config import HardwareConfig, SolverConfig
 
 if TYPE_CHECKING:
+    from circuitsim.interfaces import LoadedSpiceCircuit, SpiceRunner
     from circuitsim.runner import Runner
 
 __all__ = ["TASK_KEYS", "close_runner", "init_pool_worker", "run_job", "runner_for"]
@@ -80,9 +81,12 @@ SPICE_RUNS_KEY = "__spice_runs__"
 
 
 class _Counting:
-    """Runner proxy that counts solves: ``run`` and each ``run`` of a loaded circuit."""
+    """Runner proxy that counts solves: ``run`` and each ``run`` of a loaded circuit.
 
-    def __init__(self, runner: Any) -> None:
+    It is a :class:`~circuitsim.interfaces.SpiceRunner`, as is the runner it wraps.
+    """
+
+    def __init__(self, runner: SpiceRunner) -> None:
         self._runner = runner
         self.solves = 0
 
@@ -98,7 +102,7 @@ class _Counting:
 
 
 class _CountingLoaded:
-    def __init__(self, loaded: Any, counter: _Counting) -> None:
+    def __init__(self, loaded: LoadedSpiceCircuit, counter: _Counting) -> None:
         self._loaded = loaded
         self._counter = counter
 

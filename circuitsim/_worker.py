@@ -1,4 +1,4 @@
-"""Worker process that hosts one libngspice for :mod:`circuitsim.runner` (private).
+"""Worker process that hosts one libngspice for the runner's shared backend (private).
 
 Why a separate process: libngspice is not re-entrant (two threads on one instance crash
 the process), keeps global state between loads, grows in memory over many loads, and some
@@ -6,9 +6,10 @@ malformed decks leave it in a state it "cannot recover" from. Hosting it in a th
 process lets the runner kill a hung solve, recycle the library periodically, and restart it
 after a fatal error without touching the caller's process.
 
-The runner starts this file as a fresh interpreter (``python -c <boot> _worker.py FD LIB
-PID``, never a fork of the caller, which may hold torch or threads) and talks to it over the
-socket ``FD`` with :class:`multiprocessing.connection.Connection` messages. The worker ends
+The runner's shared backend (:mod:`circuitsim.backends.shared`) starts this file as a fresh
+interpreter (``python -c <boot> _worker.py FD LIB PID``, never a fork of the caller, which
+may hold torch or threads) and talks to it over the socket ``FD`` with
+:class:`multiprocessing.connection.Connection` messages. The worker ends
 when the runner's process ``PID`` ends, even mid-solve or killed with ``kill -9``
 (``_lifeline.py``'s watchdog thread; not the parent-death signal, which would follow the
 thread that started the worker, and a runner may be used from several threads):

@@ -8,20 +8,15 @@ reads the cell's conductance after every pulse.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
-
 import numpy as np
 
+from circuitsim.interfaces import SpiceRunner
 from netlists.config import HardwareConfig, SolverConfig
 from netlists.errors import ConfigError, SimulatorError
 from netlists.programming import Pulse, render_pulse_deck
 
 __all__ = ["PulseResult", "Variation", "draw_variation", "simulate_pulses",
            "simulate_schedule", "state_for_cell_conductance", "cell_conductance_curve"]
-
-
-class _Runner(Protocol):
-    def run(self, netlist: str, *, name: str, timeout_s: float | None = None): ...
 
 
 @dataclass(frozen=True)
@@ -57,7 +52,7 @@ class PulseResult:
     solve_seconds: float
 
 
-def cell_conductance_curve(hw: HardwareConfig, *, runner: _Runner, points: int = 121
+def cell_conductance_curve(hw: HardwareConfig, *, runner: SpiceRunner, points: int = 121
                            ) -> tuple[np.ndarray, np.ndarray]:
     """(state grid, cell read conductance in S) over the whole window, one ngspice ``.op``."""
     from circuitsim.tile import measure_cell_conductance
@@ -66,7 +61,7 @@ def cell_conductance_curve(hw: HardwareConfig, *, runner: _Runner, points: int =
     return n, measure_cell_conductance(hw, n, runner=runner, name="cell_curve")
 
 
-def state_for_cell_conductance(hw: HardwareConfig, g_siemens: np.ndarray, *, runner: _Runner
+def state_for_cell_conductance(hw: HardwareConfig, g_siemens: np.ndarray, *, runner: SpiceRunner
                                ) -> np.ndarray:
     """The state whose 1T1R read conductance (solved in ngspice) is ``g_siemens``."""
     n, g = cell_conductance_curve(hw, runner=runner)
@@ -83,7 +78,7 @@ def state_for_cell_conductance(hw: HardwareConfig, g_siemens: np.ndarray, *, run
     return np.interp(target, g, n)
 
 
-def simulate_pulses(hw: HardwareConfig, n_set: int, n_reset: int, *, runner: _Runner,
+def simulate_pulses(hw: HardwareConfig, n_set: int, n_reset: int, *, runner: SpiceRunner,
                     amplitude_v: float | None = None, width_s: float | None = None,
                     initial_us: float | None = None, seed: int | None = 0,
                     solver: SolverConfig | None = None) -> PulseResult:
@@ -111,7 +106,7 @@ def simulate_pulses(hw: HardwareConfig, n_set: int, n_reset: int, *, runner: _Ru
                              solver=solver)
 
 
-def simulate_schedule(hw: HardwareConfig, pulses: tuple[Pulse, ...], *, runner: _Runner,
+def simulate_schedule(hw: HardwareConfig, pulses: tuple[Pulse, ...], *, runner: SpiceRunner,
                       initial_us: float | None = None, n0: float | None = None,
                       seed: int | None = 0, solver: SolverConfig | None = None) -> PulseResult:
     """Any sequence of write pulses on one cell, a read before the first and after each.

@@ -1,6 +1,7 @@
 """Run ngspice on netlist text and return its vectors as numpy arrays.
 
-One interface, two backends (:class:`~netlists.config.SolverConfig` ``backend``):
+One interface, two backends (:class:`~netlists.config.SolverConfig` ``backend``; one class
+each in :mod:`circuitsim.backends`, chosen once when the runner is made):
 
 ``shared`` (default)
     libngspice, loaded through PySpice's ``NgSpiceShared`` inside a worker *process*
@@ -104,46 +105,49 @@ number parser may differ from them by one unit in the last place.
 One runner keeps at most one loaded circuit: :meth:`Runner.load` of another deck, a plain
 :meth:`Runner.run`, or :meth:`Runner.close` invalidates it (on both backends, so that code
 behaves alike on either), and using it afterwards raises :class:`CircuitInvalidatedError`.
+
+Where the parts live
+--------------------
+This module holds the interface: :class:`Runner` (the retry loop with convergence aids),
+:class:`LoadedCircuit` (alterations, validity), :class:`SimResult`, the aids, and
+re-exports :func:`check_ngspice` and :class:`NgspiceInfo`. The rest, one job a module:
+:mod:`circuitsim.discovery` (finding and checking ngspice), :mod:`circuitsim.deck` (the
+deck contract, the cards added, sources and their rewriting), :mod:`circuitsim.verdict`
+(vector names, how success is judged) and :mod:`circuitsim.backends` (the
+:class:`~circuitsim.backends.base.Backend` interface and one class per backend). Code that
+takes a runner types it as :class:`circuitsim.interfaces.SpiceRunner`.
 """
 
 from __future__ import annotations
 
-import ctypes.util
-import dataclasses
-import functools
 import itertools
 import logging
 import math
-import numbers
-import os
-import re
-import shutil
-import socket
-import subprocess
-import sys
-import sysconfig
-import tempfile
 import threading
-import time
-import weakref
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from circuitsim._lifeline import parent_death_preexec
-from circuitsim.rawfile import read_raw
+from circuitsim.backends import BACKENDS, Backend
+from circuitsim.deck import (
+    _SOURCE_NAME,
+    _alteration,
+    _Deck,
+    _deck_elements,
+    _prepare,
+    _SourceLine,
+)
+# Re-exported: callers import what the runner layer offers from this module.
+from circuitsim.discovery import MIN_VERSION, NgspiceInfo, check_ngspice
+from circuitsim.verdict import _judge, _Outcome
 from netlists.config import SolverConfig
 from netlists.errors import (
     CircuitSimError,
-    ConfigError,
     ConvergenceError,
     NetlistError,
     SimulationTimeout,
     SimulatorError,
-    SimulatorNotFoundError,
 )
 
 __all__ = [
@@ -159,44 +163,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MIN_VERSION = 42
-"""Oldest ngspice accepted; KLU is required in addition (checked separately)."""
-
-_WORKER_PATH = str(Path(__file__).with_name("_worker.py"))
-# Run _worker.py as a script in a fresh interpreter without the current directory on
-# sys.path (a stray numpy.py there must not shadow numpy) and without importing circuitsim.
-_BOOT = ("import sys; sys.path[:] = [p for p in sys.path if p]; sys.argv = sys.argv[1:]; "
-         "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')")
-_STARTUP_TIMEOUT_S = 60.0
-_CLOSE_TIMEOUT_S = 5.0
-
-_INSTALL_HINT = (
-    "circuitsim needs ngspice >= {min_version} built with the KLU solver: both the program "
-    "`ngspice` and the shared library libngspice.\n"
-    "  Debian 12 (bookworm): run `bash scripts/setup.sh`, or enable bookworm-backports and run\n"
-    "      sudo apt-get install -t bookworm-backports ngspice libngspice0\n"
-    "  newer Debian or Ubuntu: sudo apt-get install ngspice libngspice0\n"
-    "A libngspice in a non-standard place can be named with NGSPICE_LIBRARY_PATH."
-)
-
 
 # --------------------------------------------------------------------------------------
 # Public data types
 # --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class NgspiceInfo:
-    """What :func:`check_ngspice` found.
-
-    ``version`` is the older of the program's and the library's major versions; ``klu`` is
-    true when both were built with KLU.
-    """
-
-    version: int
-    klu: bool
-    executable: str | None
-    library: str | None
-
 
 @dataclass(frozen=True)
 class SimResult:
@@ -249,807 +219,12 @@ CONVERGENCE_AIDS: tuple[ConvergenceAid, ...] = (
 
 
 # --------------------------------------------------------------------------------------
-# Finding ngspice
-# --------------------------------------------------------------------------------------
-
-def _find_library() -> str | None:
-    """Path (or loadable soname) of libngspice, or None.
-
-    ``NGSPICE_LIBRARY_PATH`` (PySpice's variable) wins; then the usual library folders
-    (the Python prefix first, for conda); then the dynamic linker's cache.
-    """
-    env = os.environ.get("NGSPICE_LIBRARY_PATH")
-    if env:
-        return env.replace("{}", "")
-    if sys.platform == "darwin":
-        names = ("libngspice.0.dylib", "libngspice.dylib")
-        folders = [Path(sys.prefix, "lib"), Path("/opt/homebrew/lib"), Path("/usr/local/lib")]
-    else:
-        names = ("libngspice.so.0", "libngspice.so")
-        multiarch = sysconfig.get_config_var("MULTIARCH") or ""
-        folders = [Path(sys.prefix, "lib"), Path("/usr/local/lib")]
-        if multiarch:
-            folders.append(Path("/usr/lib", multiarch))
-        folders += [Path("/usr/lib64"), Path("/usr/lib")]
-    for folder in folders:
-        for name in names:
-            candidate = folder / name
-            if candidate.is_file():
-                return str(candidate)
-    return ctypes.util.find_library("ngspice")
-
-
-def _find_executable() -> str | None:
-    """Path of the ``ngspice`` program on ``PATH``, or None."""
-    return shutil.which("ngspice")
-
-
-@dataclass(frozen=True)
-class _Found:
-    """Facts about one ngspice artefact; ``problem`` says why it is unusable, if it is."""
-
-    path: str | None
-    version: int
-    klu: bool
-    problem: str
-
-
-@functools.lru_cache(maxsize=None)
-def _executable_facts() -> _Found:
-    path = _find_executable()
-    if path is None:
-        return _Found(None, 0, False, "the ngspice program was not found on PATH")
-    try:
-        done = subprocess.run([path, "-v"], stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return _Found(path, 0, False, f"`{path} -v` failed: {err}")
-    text = (done.stdout + done.stderr).decode("utf-8", "replace")
-    match = re.search(r"ngspice-(\d+)", text)
-    if match is None:
-        return _Found(path, 0, False, f"`{path} -v` printed no version: {text.strip()[:200]!r}")
-    return _Found(path, int(match.group(1)), "KLU" in text, "")
-
-
-@functools.lru_cache(maxsize=None)
-def _library_facts() -> _Found:
-    path = _find_library()
-    if path is None:
-        return _Found(None, 0, False, "the shared library libngspice was not found")
-    try:
-        worker = _Worker(path)
-    except SimulatorError as err:
-        return _Found(path, 0, False, str(err))
-    worker.close()
-    return _Found(path, int(worker.info.get("version", 0)), bool(worker.info.get("klu")), "")
-
-
-def _judge_found(found: _Found, what: str, min_version: int) -> str:
-    """Why ``found`` is unusable (empty when it is fine)."""
-    if found.problem:
-        return found.problem
-    if found.version < min_version:
-        return f"{what} {found.path} is ngspice-{found.version}, older than ngspice-{min_version}"
-    if not found.klu:
-        return f"{what} {found.path} (ngspice-{found.version}) was built without the KLU solver"
-    return ""
-
-
-def _not_found(problems: Sequence[str], min_version: int) -> SimulatorNotFoundError:
-    return SimulatorNotFoundError(
-        "; ".join(problems) + ".\n" + _INSTALL_HINT.format(min_version=min_version))
-
-
-def check_ngspice(*, min_version: int = MIN_VERSION) -> NgspiceInfo:
-    """Check that both the ngspice program and libngspice are usable; return what was found.
-
-    The probe (``ngspice -v``, and loading the library in a short-lived worker process) runs
-    once per process and is cached. Raises :class:`SimulatorNotFoundError`, with install
-    instructions, when either is missing, older than ``min_version``, or built without KLU.
-    """
-    if isinstance(min_version, bool) or not isinstance(min_version, int) or min_version < 1:
-        raise ValueError(f"min_version = {min_version!r} must be a positive whole number")
-    exe, lib = _executable_facts(), _library_facts()
-    problems = [p for p in (_judge_found(exe, "program", min_version),
-                            _judge_found(lib, "library", min_version)) if p]
-    if problems:
-        raise _not_found(problems, min_version)
-    return NgspiceInfo(version=min(exe.version, lib.version), klu=True,
-                       executable=exe.path, library=lib.path)
-
-
-def _clear_caches() -> None:
-    """Forget what the probes found (tests, or after installing ngspice mid-session)."""
-    _executable_facts.cache_clear()
-    _library_facts.cache_clear()
-
-
-# --------------------------------------------------------------------------------------
-# Deck preparation
-# --------------------------------------------------------------------------------------
-
-_CARD = re.compile(r"^\s*\.([a-z]+)\b", re.IGNORECASE)
-_ANALYSES = frozenset({"op", "dc", "tran", "ac", "noise", "tf", "sens", "pz", "disto", "pss",
-                       "sp"})
-_SUPPORTED = ("op", "dc", "tran")
-_KLU = re.compile(r"\bklu\b", re.IGNORECASE)
-_BATCH_CONTROL = (".control", "set num_threads=1", "set filetype=ascii", ".endc")
-_SUFFIX = (("meg", 1e6), ("mil", 25.4e-6), ("t", 1e12), ("g", 1e9), ("k", 1e3),
-           ("m", 1e-3), ("u", 1e-6), ("n", 1e-9), ("p", 1e-12), ("f", 1e-15), ("a", 1e-18))
-_NUMBER = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)([a-z]*)$", re.IGNORECASE)
-
-
-def _spice_number(token: str) -> float | None:
-    """Value of a SPICE number such as ``10n``, ``2.5meg`` or ``1e-6``; None if not one."""
-    match = _NUMBER.match(token.strip())
-    if match is None:
-        return None
-    value = float(match.group(1))
-    suffix = match.group(2).lower()
-    for name, scale in _SUFFIX:
-        if suffix.startswith(name):
-            return value * scale
-    return value  # ngspice ignores letters that are not a scale suffix ("1s" is 1)
-
-
-@dataclass(frozen=True)
-class _Deck:
-    """A checked deck, split around its ``.end`` so that cards can be inserted."""
-
-    head: tuple[str, ...]
-    tail: tuple[str, ...]
-    analysis: str
-    tstop: float | None
-    has_klu: bool
-
-    def render(self, aids: Sequence[ConvergenceAid], *, batch: bool) -> str:
-        extra: list[str] = []
-        if not self.has_klu:
-            extra.append(".options klu")
-        for aid in aids:
-            extra.extend(aid.cards)
-        if batch:
-            extra.extend(_BATCH_CONTROL)
-        return "\n".join([*self.head, *extra, *self.tail]) + "\n"
-
-
-def _logical_lines(lines: Sequence[str], start: int) -> str:
-    """Line ``start`` joined with its ``+`` continuation lines."""
-    parts = [lines[start]]
-    for line in lines[start + 1:]:
-        if not line.lstrip().startswith("+"):
-            break
-        parts.append(line.lstrip()[1:])
-    return " ".join(parts)
-
-
-def _prepare(netlist: str, name: str) -> _Deck:
-    """Check the deck against the runner's contract and locate where cards go."""
-    if not isinstance(netlist, str):
-        raise TypeError(f"netlist must be SPICE text (str), got {type(netlist).__name__}")
-    lines = netlist.splitlines()
-    if not netlist.strip():
-        raise NetlistError(f"{name}: the netlist is empty")
-    end = None
-    analyses: list[tuple[str, int]] = []
-    has_klu = False
-    for index in range(1, len(lines)):  # line 0 is the title, whatever it says
-        match = _CARD.match(lines[index])
-        if match is None:
-            continue
-        card = match.group(1).lower()
-        if card in ("control", "endc"):
-            raise NetlistError(
-                f"{name}: line {index + 1}: the netlist must not contain a .control block; "
-                "the runner drives ngspice itself")
-        if card == "end":
-            end = index
-            break
-        if card in _ANALYSES:
-            analyses.append((card, index))
-        if card in ("options", "option", "opt", "opts") and \
-                _KLU.search(_logical_lines(lines, index)):
-            has_klu = True
-    if end is None:
-        raise NetlistError(f"{name}: the netlist has no .end line (truncated?)")
-    trailing = [line for line in lines[end + 1:] if line.strip() and not line.lstrip()
-                .startswith("*")]
-    if trailing:
-        raise NetlistError(f"{name}: text after .end: {trailing[0]!r}")
-    if len(analyses) != 1:
-        found = ", ".join(f".{card} (line {index + 1})" for card, index in analyses) or "none"
-        raise NetlistError(
-            f"{name}: the netlist must hold exactly one analysis card "
-            f"(.op, .dc or .tran); found {found}")
-    analysis, index = analyses[0]
-    if analysis not in _SUPPORTED:
-        raise NetlistError(
-            f"{name}: .{analysis} is not supported by the runner; use .op, .dc or .tran")
-    tstop = None
-    if analysis == "tran":
-        tokens = _logical_lines(lines, index).split()
-        tstop = _spice_number(tokens[2]) if len(tokens) > 2 else None
-    return _Deck(head=tuple(lines[:end]), tail=tuple(lines[end:]), analysis=analysis,
-                 tstop=tstop, has_klu=has_klu)
-
-
-# --------------------------------------------------------------------------------------
-# Sources of a deck, alterations, and their rewriting into deck text (batch backend)
-# --------------------------------------------------------------------------------------
-
-# Source names that pass through ngspice's command line unchanged (no "$" substitution,
-# no ">" redirection); the worker checks the same.
-_SOURCE_NAME = re.compile(r"[a-z0-9_.:+\-]+")
-# Transient functions of independent sources (a PWL alteration replaces any of them).
-_TRAN_FUNCTIONS = frozenset({"pulse", "sin", "exp", "pwl", "sffm", "am", "trnoise",
-                             "trrandom"})
-# Keywords that may follow the nodes of a source line; anything else first is its DC value.
-_SOURCE_KEYWORDS = frozenset({"dc", "ac", "distof1", "distof2", "external"}) | _TRAN_FUNCTIONS
-
-
-@dataclass(frozen=True)
-class _SourceLine:
-    """Where an independent source's element line is: ``head[start:stop]`` of a deck."""
-
-    name: str  # lower case
-    start: int
-    stop: int
-
-
-def _is_comment(line: str) -> bool:
-    stripped = line.strip()
-    return not stripped or stripped.startswith("*")
-
-
-def _deck_elements(deck: _Deck) -> tuple[dict[str, _SourceLine], frozenset[str]]:
-    """The deck's top-level independent sources, and the names of all its top-level elements.
-
-    Elements inside ``.subckt`` ... ``.ends`` and in ``.include``/``.lib`` files are not seen.
-    A logical line spans its ``+`` continuation lines (and comment lines between them).
-    """
-    head = deck.head
-    sources: dict[str, _SourceLine] = {}
-    elements: set[str] = set()
-    depth = 0
-    index = 1  # line 0 is the title
-    while index < len(head):
-        stop = index + 1
-        probe = stop
-        while probe < len(head):
-            if head[probe].lstrip().startswith("+"):
-                stop = probe = probe + 1
-            elif _is_comment(head[probe]):
-                probe += 1
-            else:
-                break
-        line = head[index].strip()
-        if not _is_comment(line) and not line.startswith("+"):
-            card = _CARD.match(line)
-            if card is not None:
-                word = card.group(1).lower()
-                if word == "subckt":
-                    depth += 1
-                elif word == "ends":
-                    depth = max(depth - 1, 0)
-            elif depth == 0:
-                name = line.split()[0].lower()
-                elements.add(name)
-                if name[0] in "vi":
-                    sources[name] = _SourceLine(name, index, stop)
-        index = stop
-    return sources, frozenset(elements)
-
-
-def _real(value: object) -> float | None:
-    """``value`` as a float when it is a real number (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    return float(value)
-
-
-def _alteration(key: str, value: object) -> tuple[str, tuple[float, ...]]:
-    """``("dc", (v,))`` or ``("pwl", (t0, v0, ...))`` for one requested change."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value.item()
-    number = _real(value)
-    if number is not None:
-        if not math.isfinite(number):
-            raise ConfigError(f"source {key!r}: the DC value {number!r} is not finite")
-        return "dc", (number,)
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-        raise ConfigError(f"source {key!r}: {value!r} is neither a DC value (a number) nor a "
-                          "PWL point list [t0, v0, t1, v1, ...]")
-    points: list[float] = []
-    for item in list(value.reshape(-1)) if isinstance(value, np.ndarray) else value:
-        number = _real(item)
-        if number is None:
-            raise ConfigError(f"source {key!r}: the PWL list holds {item!r}, not a number")
-        if not math.isfinite(number):
-            raise ConfigError(f"source {key!r}: the PWL list holds the non-finite {number!r}")
-        points.append(number)
-    if len(points) < 2 or len(points) % 2:
-        raise ConfigError(f"source {key!r}: a PWL list needs an even number (>= 2) of values "
-                          f"t0, v0, t1, v1, ...; got {len(points)}")
-    times = points[0::2]
-    for k in range(1, len(times)):
-        if times[k] < times[k - 1]:
-            raise ConfigError(f"source {key!r}: PWL times must not decrease; point {k} is at "
-                              f"t = {times[k]!r} after t = {times[k - 1]!r}")
-    return "pwl", tuple(points)
-
-
-def _number_text(value: float) -> str:
-    return repr(float(value))
-
-
-def _strip_inline_comment(text: str) -> str:
-    """``text`` without an ngspice inline comment (``;``, or `` $`` / `` //`` after a blank)."""
-    match = re.search(r";|(?<=\s)\$|(?<=\s)//", text)
-    return text if match is None else text[:match.start()]
-
-
-def _read_word(text: str, index: int) -> int:
-    """End of the word starting at ``index`` (braces and quotes kept whole)."""
-    closing = {"{": "}", "'": "'", '"': '"'}
-    while index < len(text) and not text[index].isspace() and text[index] not in "(),=":
-        if text[index] in closing:
-            end = text.find(closing[text[index]], index + 1)
-            index = len(text) if end < 0 else end + 1
-        else:
-            index += 1
-    return index
-
-
-def _source_items(text: str) -> list[tuple[str, str, str]]:
-    """Split what follows a source's nodes into ``(kind, word, text)`` items.
-
-    kind is ``"call"`` (``word(...)``), ``"assign"`` (``word=value``) or ``"word"``.
-    """
-    items: list[tuple[str, str, str]] = []
-    index = 0
-    while index < len(text):
-        if text[index].isspace() or text[index] == ",":
-            index += 1
-            continue
-        if text[index] in "()=":
-            raise ValueError(f"unexpected {text[index]!r}")
-        end = _read_word(text, index)
-        word = text[index:end]
-        after = end
-        while after < len(text) and text[after].isspace():
-            after += 1
-        if after < len(text) and text[after] == "(":
-            depth, close = 0, after
-            while close < len(text):
-                depth += {"(": 1, ")": -1}.get(text[close], 0)
-                if depth == 0:
-                    break
-                close += 1
-            if depth:
-                raise ValueError("unbalanced parentheses")
-            items.append(("call", word.lower(), f"{word}{text[after:close + 1]}"))
-            index = close + 1
-        elif after < len(text) and text[after] == "=":
-            start = after + 1
-            while start < len(text) and text[start].isspace():
-                start += 1
-            stop = _read_word(text, start)
-            if stop == start:
-                raise ValueError(f"no value after {word}=")
-            items.append(("assign", word.lower(), f"{word}={text[start:stop]}"))
-            index = stop
-        else:
-            items.append(("word", word.lower(), word))
-            index = end
-    return items
-
-
-def _edit_source_line(text: str, dc: float | None, pwl: Sequence[float] | None,
-                      name: str) -> str:
-    """One source element line with its DC value and/or transient function replaced."""
-    code = _strip_inline_comment(text)
-    parts = code.split(None, 3)
-    if len(parts) < 3:
-        raise NetlistError(f"{name}: cannot rewrite the source line {text.strip()!r}")
-    rest = parts[3] if len(parts) > 3 else ""
-    try:
-        items = _source_items(rest)
-    except ValueError as err:
-        raise NetlistError(f"{name}: cannot rewrite the source line {text.strip()!r} for the "
-                           f"batch backend: {err}") from None
-    pwl_text = None if pwl is None else \
-        "pwl(" + " ".join(_number_text(v) for v in pwl) + ")"
-    kept: list[str] = []
-    placed = False
-    index = 0
-    while index < len(items):
-        kind, word, item = items[index]
-        index += 1
-        if kind == "call" and word in _TRAN_FUNCTIONS:
-            if pwl_text is not None:
-                if placed:
-                    continue
-                item, placed = pwl_text, True  # the new PWL where the old function was
-        elif kind == "assign" and word == "dc":
-            if dc is not None:
-                continue
-        elif kind == "word" and word == "dc":
-            if dc is not None:
-                index += 1  # drop "dc" and its value
-                continue
-            if index < len(items):
-                item = f"{item} {items[index][2]}"
-                index += 1
-        elif kind == "word" and index == 1 and word not in _SOURCE_KEYWORDS:
-            if dc is not None:
-                continue  # the DC value written without the keyword
-        elif kind == "word" and word in _TRAN_FUNCTIONS and pwl_text is not None:
-            raise NetlistError(
-                f"{name}: cannot rewrite the source line {text.strip()!r} for the batch "
-                f"backend: write {word}(...) with parentheses")
-        kept.append(item)
-    new = parts[:3]
-    if dc is not None:
-        new += ["dc", _number_text(dc)]
-    new += kept
-    if pwl_text is not None and not placed:
-        new.append(pwl_text)
-    return " ".join(new)
-
-
-def _rewrite_sources(deck: _Deck, sources: Mapping[str, _SourceLine],
-                     state: Mapping[tuple[str, str], tuple[float, ...]], name: str) -> _Deck:
-    """``deck`` with the altered sources' element lines rewritten (batch emulation)."""
-    changes: dict[str, dict[str, tuple[float, ...]]] = {}
-    for (source, kind), values in state.items():
-        changes.setdefault(source, {})[kind] = values
-    if not changes:
-        return deck
-    head = list(deck.head)
-    for source in sorted(changes, key=lambda key: -sources[key].start):
-        where = sources[source]
-        logical = " ".join(
-            line.lstrip()[1:] if line.lstrip().startswith("+") else line
-            for line in head[where.start:where.stop] if not _is_comment(line))
-        dc = changes[source].get("dc")
-        head[where.start:where.stop] = [_edit_source_line(
-            logical, None if dc is None else dc[0], changes[source].get("pwl"), name)]
-    return dataclasses.replace(deck, head=tuple(head))
-
-
-# --------------------------------------------------------------------------------------
-# Names and verdicts
-# --------------------------------------------------------------------------------------
-
-_WRAPPED = re.compile(r"[vi]\((.+)\)")
-
-
-def _canonical(name: str, vtype: str | None = None) -> str:
-    """The normalized name of a vector (see the module docstring).
-
-    ``vtype`` is given for libngspice's bare names (``out``, ``v1#branch``), which are first
-    wrapped the way ngspice's raw-file writer wraps them (``v(out)``, ``i(v1)``); raw-file
-    names arrive already wrapped. Sweep scales and ``@device[param]`` vectors are unwrapped.
-    """
-    text = name.strip().lower()
-    if vtype is not None:
-        if text.endswith("#branch"):
-            text = f"i({text[:-len('#branch')]})"
-        elif vtype == "voltage":
-            text = f"v({text})"
-        elif vtype == "current":
-            text = f"i({text})"
-    match = _WRAPPED.fullmatch(text)
-    if match and (match.group(1).endswith("-sweep") or match.group(1).startswith("@")):
-        text = match.group(1)
-    return text
-
-
-def _is_scale(name: str) -> bool:
-    return name == "time" or name.endswith("-sweep")
-
-
-def _ordered(pairs: Iterator[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Scale first, then the rest sorted; duplicate names are an error (never overwritten)."""
-    found: dict[str, np.ndarray] = {}
-    for name, values in pairs:
-        if name in found:
-            raise SimulatorError(f"two vectors normalize to the same name {name!r}")
-        found[name] = np.asarray(values, dtype=np.float64)
-    keys = sorted(found, key=lambda key: (not _is_scale(key), key))
-    return {key: found[key] for key in keys}
-
-
-# Lines that mean ngspice rejected the deck itself (seen on ngspice 46).
-_NETLIST_MARKERS = re.compile(
-    "|".join([
-        r"circuit not parsed",
-        r"there aren't any circuits loaded",
-        r"error on line",
-        r"error in netlist line",
-        r"undefined parameter",
-        r"unknown subckt",
-        r"could not find a valid modelname",
-        r"unable to find definition of model",
-        r"can't find model",
-        r"no such function",
-        r"syntax error",
-        r"cannot recover",
-        r"device already exists",
-        r"no data saved",
-        r"no such device",
-        r"is not in the circuit",
-        r"not a valid .* instance line",
-        r"no such parameter",
-    ]),
-    re.IGNORECASE)
-
-# Lines that mean the Newton iteration or the time stepping failed.
-_CONVERGENCE_MARKERS = re.compile(
-    "|".join([
-        r"timestep too small",
-        r"singular matrix",
-        r"iteration limit",
-        r"gmin stepping failed",
-        r"source stepping failed",
-        r"could not be simulated successfully",
-        r"dc solution failed",
-        r"transient op failed",
-        r"no convergence",
-        r"too many iterations",
-    ]),
-    re.IGNORECASE)
-
-_ABORTED = re.compile(r"simulation\(s\) aborted", re.IGNORECASE)
-
-
-@dataclass
-class _Outcome:
-    """What one backend call produced, before it is judged."""
-
-    vectors: dict[str, np.ndarray] | None  # normalized; None when no plot was produced
-    log: str
-    seconds: float
-    exit_status: int | None = None  # batch only
-    problem: str = ""  # a backend-level reason the data is unusable
-
-
-def _data_problem(vectors: Mapping[str, np.ndarray] | None, deck: _Deck) -> str:
-    """Why the produced data is not a complete result (empty when it is)."""
-    if not vectors:
-        return "the analysis produced no plot"
-    lengths = {len(values) for values in vectors.values()}
-    if lengths == {0}:
-        return "the analysis produced no data points"
-    if len(lengths) != 1:
-        return f"the vectors have unequal lengths {sorted(lengths)}"
-    if deck.analysis == "op" and lengths != {1}:
-        return f"the operating point has {lengths.pop()} points instead of 1"
-    bad = [name for name, values in vectors.items() if not np.all(np.isfinite(values))]
-    if bad:
-        return f"non-finite values in {', '.join(bad[:5])}"
-    if deck.analysis == "tran" and deck.tstop is not None and "time" in vectors:
-        reached = float(vectors["time"][-1])
-        if reached < deck.tstop * (1.0 - 1e-6):
-            return f"the transient stopped at t = {reached:.6g} s before tstop = {deck.tstop:g} s"
-    return ""
-
-
-def _rejection(lines: Sequence[str]) -> str:
-    """ngspice's lines that say the deck is malformed (empty when there are none)."""
-    rejected: list[str] = []
-    for index, line in enumerate(lines):
-        if _NETLIST_MARKERS.search(line):
-            rejected.append(line.strip())
-            # "Error on line 4 or its substitute:" and "can't find model 'x' from line"
-            # are followed by the offending netlist line.
-            if index + 1 < len(lines) and re.search(r"(:|from line)\s*$", line):
-                rejected.append(lines[index + 1].strip())
-    return "\n".join(dict.fromkeys(rejected))
-
-
-def _judge(outcome: _Outcome, deck: _Deck) -> tuple[str, str]:
-    """``("ok" | "netlist" | "convergence" | "other", detail)`` for one outcome."""
-    lines = outcome.log.splitlines()
-    rejected = _rejection(lines)
-    if rejected:
-        return "netlist", rejected
-    problem = outcome.problem or _data_problem(outcome.vectors, deck)
-    numeric = bool(problem) and outcome.vectors is not None and not outcome.problem
-    if not problem and any(_ABORTED.search(line) for line in lines):
-        problem = "ngspice aborted the analysis"
-    if outcome.exit_status not in (None, 0):
-        status = f"ngspice exited with status {outcome.exit_status}"
-        problem = f"{problem} ({status})" if problem else status
-    if not problem:
-        return "ok", ""
-    trouble = [line.strip() for line in lines if _CONVERGENCE_MARKERS.search(line)]
-    if trouble or numeric:
-        detail = problem
-        if trouble:
-            detail += ": " + "; ".join(list(dict.fromkeys(trouble))[-3:])
-        return "convergence", detail
-    return "other", problem
-
-
-# Resource statistics that ``ngspice -b`` prints at exit, and its transient progress
-# redraws ("Reference value : ..."); dropped so that batch and shared
-# logs read alike and an error's log tail shows ngspice's messages, not memory sizes.
-_BATCH_STATS = re.compile(
-    r"^\s*(total analysis time|total elapsed time|total dram available|dram currently "
-    r"available|maximum ngspice program size|current ngspice program size|shared ngspice "
-    r"pages|text \(code\) pages|stack =|library pages|reference value)", re.IGNORECASE)
-
-
-def _clean_log(data: bytes) -> str:
-    """Batch output as text: no blank lines, no progress redraws, no resource statistics."""
-    lines = (line.split("\r")[-1].rstrip()
-             for line in data.decode("utf-8", "replace").splitlines())
-    return "\n".join(line for line in lines if line.strip() and not _BATCH_STATS.match(line))
-
-
-# --------------------------------------------------------------------------------------
-# The worker process (shared backend)
-# --------------------------------------------------------------------------------------
-
-class _WorkerTimeout(Exception):
-    pass
-
-
-class _WorkerDied(Exception):
-    def __init__(self, message: str, log: str) -> None:
-        super().__init__(message)
-        self.log = log
-
-
-def _reap(proc: subprocess.Popen[bytes], conn: Connection, output: IO[bytes],
-          kill: bool) -> None:
-    """Stop a worker: ask it to exit (or kill it), then release its pipe and output file."""
-    if kill:
-        proc.kill()
-    else:
-        try:
-            conn.send(("close",))
-        except (OSError, ValueError):
-            pass
-    conn.close()
-    try:
-        proc.wait(timeout=_CLOSE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    output.close()
-
-
-class _Worker:
-    """One worker process hosting libngspice (see ``_worker.py``)."""
-
-    def __init__(self, library: str, *, startup_timeout_s: float = _STARTUP_TIMEOUT_S) -> None:
-        self.library = library
-        self.solves = 0
-        # What the worker keeps loaded for a LoadedCircuit: (serial, number of convergence
-        # aids in the loaded text, alteration version applied), or None.
-        self.held: tuple[int, int, int] | None = None
-        parent, child = socket.socketpair()
-        # The worker's own stdout/stderr (ngspice writes almost everything through the
-        # callbacks) go to a private file: never into the caller's stdout, never a pipe
-        # that could fill up; its tail explains a crash.
-        self._output: IO[bytes] = tempfile.TemporaryFile(prefix="circuitsim-worker-")
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, _WORKER_PATH, str(child.fileno()), library,
-                 str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=self._output, stderr=self._output,
-                pass_fds=(child.fileno(),), close_fds=True)
-        except OSError as err:
-            parent.close()
-            child.close()
-            self._output.close()
-            raise SimulatorError(f"cannot start the ngspice worker: {err}") from err
-        child.close()
-        self._conn = Connection(parent.detach())
-        self._finalizer = weakref.finalize(self, _reap, self._proc, self._conn, self._output,
-                                           False)
-        logger.debug("started ngspice worker pid %d for %s", self._proc.pid, library)
-        try:
-            kind, payload = self._receive(startup_timeout_s)
-        except _WorkerTimeout:
-            self.close(kill=True)
-            raise SimulatorError(
-                f"the ngspice worker did not start within {startup_timeout_s:g} s") from None
-        except _WorkerDied as err:
-            raise SimulatorNotFoundError(
-                f"the ngspice worker could not load {library}: {err}", log=err.log) from None
-        if kind != "ready":
-            self.close(kill=True)
-            raise SimulatorNotFoundError(f"cannot load libngspice from {library}: {payload}")
-        self.info: dict[str, Any] = payload
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    def _output_tail(self, limit: int = 4000) -> str:
-        try:
-            self._output.seek(0, os.SEEK_END)
-            size = self._output.tell()
-            self._output.seek(max(0, size - limit))
-            return self._output.read().decode("utf-8", "replace")
-        except (OSError, ValueError):
-            return ""
-
-    def _receive(self, timeout: float) -> tuple[str, Any]:
-        try:
-            ready = self._conn.poll(max(timeout, 0.0))
-        except (OSError, EOFError):
-            ready = True  # the read below reports the death
-        if not ready:
-            raise _WorkerTimeout()
-        try:
-            message = self._conn.recv()
-        except (EOFError, OSError) as err:
-            tail = self._output_tail()
-            self.close(kill=True)
-            status = self._proc.returncode
-            raise _WorkerDied(f"the worker exited unexpectedly (status {status}): {err}",
-                              tail) from None
-        if message[0] == "crash":
-            log = f"{self._output_tail()}\n{message[1]}".strip()
-            self.close(kill=True)
-            raise _WorkerDied("the worker raised an exception", log)
-        return message[0], message[1]
-
-    def solve(self, text: str, timeout: float) -> dict[str, Any]:
-        """Send one deck; return the worker's reply. Raises _WorkerTimeout / _WorkerDied."""
-        return self.request(("run", text), timeout)
-
-    def request(self, message: tuple[Any, ...], timeout: float) -> dict[str, Any]:
-        """Send one request (see ``_worker.py``); return the worker's reply.
-
-        ``run``, ``load`` and ``rerun`` count as solves (for ``recycle_after``). Every
-        request clears ``held``; the caller sets it again after a successful load or rerun.
-        Raises _WorkerTimeout / _WorkerDied.
-        """
-        if message[0] != "drop":
-            self.solves += 1
-        self.held = None
-        try:
-            self._conn.send(message)
-        except (OSError, ValueError) as err:
-            tail = self._output_tail()
-            self.close(kill=True)
-            raise _WorkerDied(f"cannot reach the worker: {err}", tail) from None
-        _, reply = self._receive(timeout)
-        return reply  # type: ignore[no-any-return]
-
-    def close(self, *, kill: bool = False) -> None:
-        """Stop the worker (gracefully unless ``kill``); idempotent."""
-        if self._finalizer.detach() is not None:
-            _reap(self._proc, self._conn, self._output, kill)
-
-
-# --------------------------------------------------------------------------------------
 # The runner
 # --------------------------------------------------------------------------------------
 
 def _check_name(name: object) -> None:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"name = {name!r} must be a non-empty string")
-
-
-def _shared_outcome(reply: Mapping[str, Any], seconds: float) -> _Outcome:
-    """A worker's solve reply as an outcome to judge."""
-    log = "\n".join(reply["log"])
-    if reply["complex"]:
-        return _Outcome(None, log, seconds, problem="complex results are not supported")
-    vectors = None
-    if reply["plot"] is not None:
-        try:
-            vectors = _ordered((_canonical(vname, vtype), values)
-                               for vname, vtype, values in reply["vectors"])
-        except SimulatorError as err:
-            return _Outcome(None, log, seconds, problem=str(err))
-    return _Outcome(vectors, log, seconds)
 
 
 class Runner:
@@ -1067,7 +242,7 @@ class Runner:
         if not isinstance(solver, SolverConfig):
             raise TypeError(f"solver must be a SolverConfig, got {type(solver).__name__}")
         self.solver = solver
-        self._worker: _Worker | None = None
+        self._backend: Backend = BACKENDS[solver.backend](solver)
         self._lock = threading.Lock()
         self._loaded: LoadedCircuit | None = None
 
@@ -1085,7 +260,7 @@ class Runner:
         """Stop the worker process, if one is running; invalidates a loaded circuit."""
         with self._lock:
             self._invalidate_loaded("its runner was closed")
-            self._drop_worker(kill=False)
+            self._backend.close()
 
     def _limit(self, timeout_s: float | None) -> float:
         limit = self.solver.timeout_s if timeout_s is None else timeout_s
@@ -1107,11 +282,10 @@ class Runner:
         _check_name(name)
         limit = self._limit(timeout_s)
         deck = _prepare(netlist, name)
-        batch = self.backend == "batch"
-        solve = self._solve_batch if batch else self._solve_shared
+        backend = self._backend
 
         def attempt(aids: Sequence[ConvergenceAid], left: float) -> _Outcome:
-            return solve(deck.render(aids, batch=batch), name, left, limit)
+            return backend.solve(deck, aids, name, left, limit)
 
         with self._lock:
             self._invalidate_loaded("Runner.run() was called on its runner")
@@ -1134,8 +308,7 @@ class Runner:
         with self._lock:
             self._invalidate_loaded(f"another circuit ({name!r}) was loaded")
             circuit = LoadedCircuit(self, deck, name, sources, elements)
-            if self.backend == "shared":
-                self._load_shared(circuit, limit)
+            self._backend.load(circuit, limit)
             self._loaded = circuit
         return circuit
 
@@ -1190,177 +363,6 @@ class Runner:
         if self._loaded is not None:
             self._loaded._invalid = reason
             self._loaded = None
-
-    def _release(self, circuit: "LoadedCircuit") -> None:
-        """Remove ``circuit`` from the worker, if the worker holds it."""
-        worker = self._worker
-        if worker is None or worker.held is None or worker.held[0] != circuit._serial:
-            return
-        try:
-            reply = worker.request(("drop",), _CLOSE_TIMEOUT_S)
-        except _WorkerTimeout:
-            self._drop_worker(kill=True)
-            return
-        except _WorkerDied:
-            self._worker = None
-            return
-        if reply["dead"]:
-            self._drop_worker(kill=False)
-
-    def _load_shared(self, circuit: "LoadedCircuit", limit: float) -> None:
-        worker = self._ready_worker()
-        reply, _ = self._exchange(worker, ("load", circuit._deck.render((), batch=False)),
-                                  circuit.name, limit, limit, "loading the netlist")
-        rejected = _rejection(reply["log"])
-        if rejected:
-            raise NetlistError(
-                f"{circuit.name}: ngspice rejected the netlist:\n"
-                + "\n".join("  " + line for line in rejected.splitlines()))
-        if not reply["loaded"]:
-            raise SimulatorError("ngspice could not load the netlist", netlist=circuit.name,
-                                 log="\n".join(reply["log"]))
-        if self._worker is worker:
-            worker.held = (circuit._serial, 0, 0)
-
-    def _solve_loaded(self, circuit: "LoadedCircuit", aids: Sequence[ConvergenceAid],
-                      left: float, limit: float) -> _Outcome:
-        """Re-run ``circuit`` in the worker, reloading it there first when needed."""
-        worker = self._ready_worker()
-        held = worker.held
-        level = len(aids)
-        if held is not None and held[0] == circuit._serial and held[1] == level:
-            text, since = None, held[2]
-        else:
-            logger.debug("%s: loading the deck into ngspice worker pid %d (%d aid(s), %d "
-                         "alteration(s))", circuit.name, worker.pid, level,
-                         len(circuit._state))
-            text, since = circuit._deck.render(aids, batch=False), -1
-        version = circuit._version
-        changes = [(source, kind, list(values))
-                   for (source, kind), values in circuit._state.items()
-                   if circuit._changed[(source, kind)] > since]
-        reply, seconds = self._exchange(worker, ("rerun", text, changes), circuit.name,
-                                        left, limit)
-        if self._worker is worker and reply["loaded"]:
-            worker.held = (circuit._serial, level, version)
-        return _shared_outcome(reply, seconds)
-
-    # -- shared backend ----------------------------------------------------------------
-
-    def _drop_worker(self, *, kill: bool) -> None:
-        if self._worker is not None:
-            self._worker.close(kill=kill)
-            self._worker = None
-
-    def _ready_worker(self) -> _Worker:
-        """The current worker, started or recycled as needed."""
-        if self._worker is not None and self._worker.solves >= self.solver.recycle_after:
-            logger.debug("recycling ngspice worker pid %d after %d solves",
-                         self._worker.pid, self._worker.solves)
-            self._drop_worker(kill=False)
-        if self._worker is None:
-            library = _find_library()
-            if library is None:
-                raise _not_found(["the shared library libngspice was not found"], MIN_VERSION)
-            if os.sep in library and not Path(library).exists():
-                raise _not_found([f"libngspice {library} does not exist"], MIN_VERSION)
-            try:
-                worker = _Worker(library)
-            except SimulatorNotFoundError as err:
-                raise _not_found([str(err)], MIN_VERSION) from None
-            problem = _judge_found(
-                _Found(library, int(worker.info.get("version", 0)),
-                       bool(worker.info.get("klu")), ""), "library", MIN_VERSION)
-            if problem:
-                worker.close()
-                raise _not_found([problem], MIN_VERSION)
-            self._worker = worker
-        return self._worker
-
-    def _exchange(self, worker: _Worker, message: tuple[Any, ...], name: str, left: float,
-                  limit: float, what: str = "the solve") -> tuple[dict[str, Any], float]:
-        """Send one request to ``worker``; the reply and its wall time.
-
-        A timeout kills the worker (SimulationTimeout); a dead worker raises SimulatorError;
-        a worker whose ngspice declared itself unusable is stopped after its reply.
-        """
-        start = time.monotonic()
-        try:
-            reply = worker.request(message, left)
-        except _WorkerTimeout:
-            self._drop_worker(kill=True)
-            raise SimulationTimeout(
-                f"{what} did not finish within {limit:g} s; its ngspice worker was killed",
-                netlist=name) from None
-        except _WorkerDied as err:
-            self._worker = None
-            raise SimulatorError(f"the ngspice worker died: {err}", netlist=name,
-                                 log=err.log) from None
-        except BaseException:
-            self._drop_worker(kill=True)  # e.g. KeyboardInterrupt mid-solve
-            raise
-        seconds = time.monotonic() - start
-        if reply["dead"]:
-            # ngspice declared itself unusable; the next solve gets a fresh library.
-            self._drop_worker(kill=False)
-        return reply, seconds
-
-    def _solve_shared(self, text: str, name: str, left: float, limit: float) -> _Outcome:
-        worker = self._ready_worker()
-        reply, seconds = self._exchange(worker, ("run", text), name, left, limit)
-        return _shared_outcome(reply, seconds)
-
-    # -- batch backend -----------------------------------------------------------------
-
-    def _executable(self) -> str:
-        facts = _executable_facts()
-        problem = _judge_found(facts, "program", MIN_VERSION)
-        if problem or facts.path is None:
-            raise _not_found([problem or "ngspice not found"], MIN_VERSION)
-        return facts.path
-
-    def _solve_batch(self, text: str, name: str, left: float, limit: float) -> _Outcome:
-        executable = self._executable()
-        with tempfile.TemporaryDirectory(prefix="circuitsim-ngspice-") as folder:
-            deck_path, raw = Path(folder, "deck.cir"), Path(folder, "out.raw")
-            deck_path.write_text(text)
-            start = time.monotonic()
-            # Run in the caller's directory, like the shared worker, so that relative
-            # .include/.lib paths resolve the same way on both backends.
-            # ngspice dies with this process (this thread waits for it below).
-            proc = subprocess.Popen(
-                [executable, "-b", "-r", str(raw), str(deck_path)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                preexec_fn=parent_death_preexec())
-            try:
-                output, _ = proc.communicate(timeout=max(left, 0.0))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                output, _ = proc.communicate()
-                raise SimulationTimeout(
-                    f"the solve did not finish within {limit:g} s; ngspice was killed",
-                    netlist=name, log=_clean_log(output)) from None
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            seconds = time.monotonic() - start
-            log = _clean_log(output)
-            if proc.returncode != 0 or not raw.exists():
-                return _Outcome(None, log, seconds, exit_status=proc.returncode)
-            try:
-                plots = read_raw(raw)
-            except SimulatorError as err:
-                return _Outcome(None, log, seconds, proc.returncode, problem=str(err))
-        if len(plots) != 1:
-            return _Outcome(None, log, seconds, proc.returncode,
-                            problem=f"the raw file holds {len(plots)} plots instead of 1")
-        try:
-            vectors = _ordered((_canonical(vname), values)
-                               for vname, values in plots[0].vectors().items())
-        except SimulatorError as err:
-            return _Outcome(None, log, seconds, proc.returncode, problem=str(err))
-        return _Outcome(vectors, log, seconds, proc.returncode)
 
 
 # --------------------------------------------------------------------------------------
@@ -1446,8 +448,7 @@ class LoadedCircuit:
             self._invalid = "it was closed"
             if runner._loaded is self:
                 runner._loaded = None
-            if runner.backend == "shared":
-                runner._release(self)
+            runner._backend.release(self)
 
     def alter(self, changes: Mapping[str, float | Sequence[float]]) -> None:
         """Change independent sources for the next :meth:`run` (and all later ones).
@@ -1502,15 +503,7 @@ class LoadedCircuit:
         limit = runner._limit(timeout_s)
         with runner._lock:
             self._check_valid()
-            if runner.backend == "batch":
-                deck = _rewrite_sources(self._deck, self._sources, self._state, self.name)
 
-                def attempt(aids: Sequence[ConvergenceAid], left: float) -> _Outcome:
-                    return runner._solve_batch(deck.render(aids, batch=True), self.name,
-                                               left, limit)
-            else:
-                deck = self._deck
-
-                def attempt(aids: Sequence[ConvergenceAid], left: float) -> _Outcome:
-                    return runner._solve_loaded(self, aids, left, limit)
-            return runner._attempts(deck, self.name, limit, attempt)
+            def attempt(aids: Sequence[ConvergenceAid], left: float) -> _Outcome:
+                return runner._backend.solve_loaded(self, aids, left, limit)
+            return runner._attempts(self._deck, self.name, limit, attempt)

@@ -1,8 +1,9 @@
 """Solve one 1T1R tile read in ngspice, and the ideal crossbar it is compared against.
 
 ``solve_tile`` renders the bit-serial transient deck (``netlists.array.render_tile_deck``),
-runs it through a :class:`circuitsim.runner.Runner` and returns the ADC codes, the
-accumulated front-end voltages and the TIA output sampled at the end of every input bit.
+runs it through a runner (:class:`~circuitsim.interfaces.SpiceRunner`, such as
+:class:`circuitsim.runner.Runner`) and returns the ADC codes, the accumulated front-end
+voltages and the TIA output sampled at the end of every input bit.
 
 ``ideal_accumulated_v`` / ``ideal_codes`` are the reference: a linear crossbar with
 conductances ``g`` (no wires, no driver resistance, perfect virtual ground, no rails), the same
@@ -28,10 +29,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from circuitsim.interfaces import SpiceRunner
 from netlists.array import (
     check_inputs,
     read_timing,
@@ -42,7 +44,7 @@ from netlists.config import ADCParams, HardwareConfig, SolverConfig
 from netlists.errors import ConfigError, SimulatorError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Mapping
+    from circuitsim.runner import SimResult
 
 __all__ = [
     "TileResult",
@@ -55,10 +57,6 @@ __all__ = [
     "level_table",
     "random_tile",
 ]
-
-
-class _RunnerLike(Protocol):
-    def run(self, netlist: str, *, name: str = ...) -> "Mapping[str, Any]": ...
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ def render_tile(hw: HardwareConfig, states: object, x: object, *,
     return render_tile_deck(hw, states, x, solver=solver, name=name, **variations)
 
 
-def solve_tile(hw: HardwareConfig, states: object, x: object, *, runner: _RunnerLike,
+def solve_tile(hw: HardwareConfig, states: object, x: object, *, runner: SpiceRunner,
                solver: SolverConfig | None = None, name: str = "tile",
                tia_offset_v: object = None, adc_offset_v: object = None,
                adc_inl_lsb: object = None) -> TileResult:
@@ -126,7 +124,7 @@ def solve_tile(hw: HardwareConfig, states: object, x: object, *, runner: _Runner
                       solve_seconds=elapsed)
 
 
-def _vector(result: "Mapping[str, Any]", key: str, name: str) -> np.ndarray:
+def _vector(result: SimResult, key: str, name: str) -> np.ndarray:
     try:
         vec = np.asarray(result[key], dtype=float)
     except KeyError:
@@ -182,7 +180,7 @@ def _check_g(hw: HardwareConfig, g_siemens: object) -> np.ndarray:
 
 
 def measure_cell_conductance(hw: HardwareConfig, n_values: object, *,
-                             runner: _RunnerLike, name: str = "cell_read") -> np.ndarray:
+                             runner: SpiceRunner, name: str = "cell_read") -> np.ndarray:
     """Read conductance ``I / v_read`` of whole 1T1R cells (RRAM + access NMOS), solved in
     ngspice, for each state in ``n_values``; same shape as ``n_values``.
 
@@ -196,7 +194,8 @@ def measure_cell_conductance(hw: HardwareConfig, n_values: object, *,
     return (current / hw.drive.v_read_v).reshape(n.shape)
 
 
-def level_table(hw: HardwareConfig, runner: _RunnerLike, levels: int) -> tuple[np.ndarray, np.ndarray]:
+def level_table(hw: HardwareConfig, runner: SpiceRunner, levels: int
+                ) -> tuple[np.ndarray, np.ndarray]:
     """(states, read conductances in S) of ``levels`` programmable levels evenly spaced in
     conductance over the 1T1R cell's window. Two ngspice ``.op`` runs: the cell's
     conductance curve over the state, then the level states themselves (so that ``g`` is
@@ -213,7 +212,7 @@ def level_table(hw: HardwareConfig, runner: _RunnerLike, levels: int) -> tuple[n
     return states, g
 
 
-def random_tile(hw: HardwareConfig, *, runner: _RunnerLike, seed: int, levels: int = 128
+def random_tile(hw: HardwareConfig, *, runner: SpiceRunner, seed: int, levels: int = 128
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A random map of ``levels`` programmable levels (:func:`level_table`) and a random
     ``drive.input_bits`` input per row: (states, cell read conductances in S, inputs)."""

@@ -57,10 +57,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from circuitsim.interfaces import SpiceRunner
 from netlists.config import HardwareConfig, SolverConfig
 from netlists.errors import ConfigError, SimulatorError
 from netlists.programming_batch import BatchCell, render_batch_deck
@@ -73,10 +74,6 @@ DEFAULT_LEVELS = 128
 #: Cells per transient: beyond ~100 a transient's cost per cell grows (measured on ngspice 46:
 #: 7 ms per cell at 20-100 cells, 15 ms at 400).
 MAX_CELLS_PER_DECK = 128
-
-
-class _Runner(Protocol):
-    def run(self, netlist: str, *, name: str, timeout_s: float | None = None): ...
 
 
 @dataclass(frozen=True)
@@ -103,7 +100,7 @@ def _vector(result, key: str, name: str) -> np.ndarray:
 
 
 def run_batch(hw: HardwareConfig, cells: Sequence[BatchCell], *, width_s: float,
-              runner: _Runner, read_before: bool = True, solver: SolverConfig | None = None,
+              runner: SpiceRunner, read_before: bool = True, solver: SolverConfig | None = None,
               name: str = "pulse_batch",
               max_cells_per_deck: int = MAX_CELLS_PER_DECK) -> BatchResult:
     """Solve ``cells`` (see :class:`~netlists.programming_batch.BatchCell`) in ngspice."""
@@ -147,7 +144,7 @@ def run_batch(hw: HardwareConfig, cells: Sequence[BatchCell], *, width_s: float,
     return BatchResult(seconds=seconds, runs=runs, **out)
 
 
-def read_window(hw: HardwareConfig, *, runner: _Runner) -> tuple[float, float]:
+def read_window(hw: HardwareConfig, *, runner: SpiceRunner) -> tuple[float, float]:
     """The nominal cell's read window ``(g(n_min), g(n_max))`` in S (1T1R, ngspice ``.op``)."""
     from circuitsim.tile import measure_cell_conductance
 
@@ -213,7 +210,7 @@ def step_value(label: str, value: object, hi: float) -> float:
     return float(value)
 
 
-def write_verify(hw: HardwareConfig, targets_s: Sequence[float], *, runner: _Runner,
+def write_verify(hw: HardwareConfig, targets_s: Sequence[float], *, runner: SpiceRunner,
                  seed: int | Sequence[int], max_rounds: int = 2,
                  tolerance_s: float | None = None, n_levels: int = DEFAULT_LEVELS,
                  set_step_v: float = 0.05, reset_step_v: float = 0.1,

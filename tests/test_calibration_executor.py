@@ -85,7 +85,7 @@ class _DividerSurface:
         # run_job hands surfaces a proxy that counts solves; its _runner is the real one.
         return {"v_out": result["v(out)"], "pid": os.getpid(), "runner": id(runner._runner),
                 # private: the ngspice worker process (none on the batch backend)
-                "ngspice_pid": getattr(runner._worker, "pid", -1),
+                "ngspice_pid": getattr(getattr(runner._backend, "_worker", None), "pid", -1),
                 "rows": hw.array.rows}
 
 

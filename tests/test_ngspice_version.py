@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from circuitsim import runner as runner_module
+from circuitsim import discovery
 from circuitsim.runner import Runner, check_ngspice
 from netlists.config import SolverConfig
 from netlists.errors import SimulatorNotFoundError
@@ -24,10 +24,10 @@ def fake_ngspice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         exe.write_text(f"#!/bin/sh\nprintf '%s\\n' '{banner}'\nexit 0\n")
         exe.chmod(0o755)
         monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-        runner_module._clear_caches()
+        discovery._clear_caches()
 
     yield make
-    runner_module._clear_caches()
+    discovery._clear_caches()
 
 
 def test_too_old_ngspice_is_refused(fake_ngspice) -> None:

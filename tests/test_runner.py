@@ -1,4 +1,5 @@
-"""Tests of the ngspice runner layer (circuitsim.runner, circuitsim._worker, circuitsim.rawfile).
+"""Tests of the ngspice runner layer (circuitsim.runner and what it is made of: discovery,
+deck, verdict, backends, _worker, rawfile).
 
 Tests marked ``spice`` run the real ngspice 46 (program and shared library), on both
 backends where the behaviour must match. Circuits are tiny; the whole file runs in well
@@ -7,6 +8,7 @@ under 30 s on 2 cores. Tests without the marker need no simulator.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -18,7 +20,8 @@ import numpy as np
 import pytest
 
 import proctree
-from circuitsim import runner as runner_module
+from circuitsim import deck as deck_module
+from circuitsim import backends, discovery, verdict
 from circuitsim.rawfile import parse_raw
 from circuitsim.runner import (
     CONVERGENCE_AIDS,
@@ -126,9 +129,9 @@ def runners() -> Iterator[dict[str, Runner]]:
 @pytest.fixture
 def fresh_probe() -> Iterator[None]:
     """Forget cached ngspice probes before and after a test that fakes their results."""
-    runner_module._clear_caches()
+    discovery._clear_caches()
     yield
-    runner_module._clear_caches()
+    discovery._clear_caches()
 
 
 # ------------------------------------------------------------------------------------
@@ -301,7 +304,7 @@ def test_result_lookup_names_available_vectors(runners: dict[str, Runner]) -> No
 @pytest.mark.spice
 def test_missing_library_raises_not_found(monkeypatch: pytest.MonkeyPatch,
                                           fresh_probe: None) -> None:
-    monkeypatch.setattr(runner_module, "_find_library", lambda: None)
+    monkeypatch.setattr(discovery, "_find_library", lambda: None)
     with pytest.raises(SimulatorNotFoundError, match="(?s)libngspice.*apt-get install"):
         check_ngspice()
     with Runner() as runner, pytest.raises(SimulatorNotFoundError, match="libngspice"):
@@ -325,7 +328,7 @@ def test_unloadable_library_raises_not_found(monkeypatch: pytest.MonkeyPatch,
 @pytest.mark.spice
 def test_missing_program_raises_not_found(monkeypatch: pytest.MonkeyPatch,
                                           fresh_probe: None) -> None:
-    monkeypatch.setattr(runner_module, "_find_executable", lambda: None)
+    monkeypatch.setattr(discovery, "_find_executable", lambda: None)
     with pytest.raises(SimulatorNotFoundError, match="ngspice program"):
         check_ngspice()
     with Runner(SolverConfig(backend="batch")) as runner, \
@@ -358,6 +361,13 @@ def test_deck_contract_is_checked_before_solving(deck: str, message: str) -> Non
         Runner().run(deck, name="deck-x")
 
 
+def test_every_configurable_backend_has_a_class() -> None:
+    (field,) = [f for f in dataclasses.fields(SolverConfig) if f.name == "backend"]
+    assert set(field.metadata["choices"]) == set(backends.BACKENDS) == set(BACKENDS)
+    for backend, kind in backends.BACKENDS.items():
+        assert type(Runner(SolverConfig(backend=backend))._backend) is kind
+
+
 def test_bad_arguments_are_rejected() -> None:
     runner = Runner()
     with pytest.raises(ValueError, match="name"):
@@ -369,7 +379,7 @@ def test_bad_arguments_are_rejected() -> None:
 
 
 def test_deck_preparation_adds_klu_aids_and_control() -> None:
-    deck = runner_module._prepare(RC_STEP, "rc")
+    deck = deck_module._prepare(RC_STEP, "rc")
     assert deck.analysis == "tran" and deck.tstop == pytest.approx(5e-6)
     plain = deck.render((), batch=False)
     assert ".options klu" in plain and ".control" not in plain
@@ -378,7 +388,7 @@ def test_deck_preparation_adds_klu_aids_and_control() -> None:
     lines = batch.splitlines()
     assert lines.index(".options klu") < lines.index(CONVERGENCE_AIDS[1].cards[0]) \
         < lines.index("set num_threads=1") < lines.index(".end")
-    has_klu = runner_module._prepare("t\nR1 a 0 1\n.options\n+ klu reltol=1e-4\n.op\n.end\n", "k")
+    has_klu = deck_module._prepare("t\nR1 a 0 1\n.options\n+ klu reltol=1e-4\n.op\n.end\n", "k")
     assert ".options klu" not in has_klu.render((), batch=False)
 
 
@@ -387,7 +397,7 @@ def test_deck_preparation_adds_klu_aids_and_control() -> None:
     ("1", 1.0), ("{tstop}", None), (".5u", 0.5e-6),
 ])
 def test_spice_numbers(text: str, value: float | None) -> None:
-    got = runner_module._spice_number(text)
+    got = deck_module._spice_number(text)
     assert got == (None if value is None else pytest.approx(value))
 
 
@@ -406,7 +416,7 @@ def test_spice_numbers(text: str, value: float | None) -> None:
     ("i(v1)", None, "i(v1)"),
 ])
 def test_vector_names_are_normalized(name: str, vtype: str | None, expected: str) -> None:
-    assert runner_module._canonical(name, vtype) == expected
+    assert verdict._canonical(name, vtype) == expected
 
 
 _RAW_HEADER = (b"Title: t\nDate: today\nPlotname: Transient Analysis\nFlags: real\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from circuitsim import runner as runner_module
+from circuitsim import deck as deck_module
 from circuitsim.runner import CircuitInvalidatedError, LoadedCircuit, Runner, SimResult
 from netlists.config import SolverConfig
 from netlists.errors import (
@@ -240,9 +240,9 @@ def test_use_after_invalidation_raises(runners: dict[str, Runner], backend: str)
 def test_close_removes_the_circuit_from_ngspice(runners: dict[str, Runner]) -> None:
     runner = runners["shared"]
     circuit = runner.load(NETWORK, name="network")
-    assert runner._worker is not None and runner._worker.held is not None
+    assert runner._backend._worker is not None and runner._backend._worker.held is not None
     circuit.close()
-    assert runner._worker.held is None
+    assert runner._backend._worker.held is None
     assert runner.run(NETWORK, name="after")["v(m)"][0] == pytest.approx(network_vm(1, 2, 0))
 
 
@@ -285,8 +285,8 @@ def test_resolves_reuse_the_worker_and_memory_stays_flat() -> None:
 
     with Runner(SolverConfig(recycle_after=10**6)) as runner:
         circuit = runner.load(RC_PWL.replace(".tran 10n 5u", ".tran 50n 5u"), name="rc")
-        assert runner._worker is not None
-        pid = runner._worker.pid
+        assert runner._backend._worker is not None
+        pid = runner._backend._worker.pid
         for k in range(60):
             circuit.alter({"vin": [0, 0, 1e-6, 0.01 * (k % 7)]})
             circuit.run()
@@ -294,7 +294,7 @@ def test_resolves_reuse_the_worker_and_memory_stays_flat() -> None:
         for k in range(300):
             circuit.alter({"vin": [0, 0, 1e-6, 0.01 * (k % 7)], "vin ": 0.1 * k})
             result = circuit.run()
-        assert runner._worker.pid == pid  # no reload, no restart
+        assert runner._backend._worker.pid == pid  # no reload, no restart
         assert result["v(in)"][-1] == pytest.approx(0.01 * (299 % 7))
         grown = rss_kib(pid) - warm
         assert grown < 2048, f"the worker grew by {grown} KiB over 300 re-solves"
@@ -325,13 +325,13 @@ def test_timeout_kill_reloads_transparently() -> None:
         circuit = runner.load(RC_PWL, name="rc")
         circuit.alter({"vin": [0, 0, 1e-12, 0.5, 5e-6, 0.5]})
         assert circuit.run()["v(out)"][-1] == pytest.approx(0.5 * SETTLED, rel=1e-3)
-        pid = runner._worker.pid if runner._worker else None
+        pid = runner._backend._worker.pid if runner._backend._worker else None
         circuit.alter({"vin": busy})
         with pytest.raises(SimulationTimeout, match=r"rc.*killed"):
             circuit.run(timeout_s=0.5)
         circuit.alter({"vin": [0, 0, 1e-12, 1.5, 5e-6, 1.5]})
         result = circuit.run()
-        assert runner._worker is not None and runner._worker.pid != pid
+        assert runner._backend._worker is not None and runner._backend._worker.pid != pid
         assert result["v(out)"][-1] == pytest.approx(1.5 * SETTLED, rel=1e-3)
 
 
@@ -354,19 +354,19 @@ def test_timeout_kill_reloads_transparently() -> None:
 ])
 def test_batch_rewrites_source_lines(line: str, dc: float | None, pwl: list[float] | None,
                                      expected: str) -> None:
-    assert runner_module._edit_source_line(line, dc, pwl, "deck") == expected
+    assert deck_module._edit_source_line(line, dc, pwl, "deck") == expected
 
 
 def test_batch_rewrite_refuses_functions_without_parentheses() -> None:
     with pytest.raises(NetlistError, match="parentheses"):
-        runner_module._edit_source_line("V1 a 0 pwl 0 0 1 1", None, [0, 1], "deck")
+        deck_module._edit_source_line("V1 a 0 pwl 0 0 1 1", None, [0, 1], "deck")
 
 
 def test_sources_are_found_outside_subcircuits_only() -> None:
-    deck = runner_module._prepare(
+    deck = deck_module._prepare(
         "t\nV1 a 0 1\n+ AC 1\n* note\nI2 0 a 1m\n.subckt s x\nVs x 0 1\n.ends\nR1 a 0 1\n"
         "X1 a s\n.op\n.end\n", "t")
-    sources, elements = runner_module._deck_elements(deck)
+    sources, elements = deck_module._deck_elements(deck)
     assert sorted(sources) == ["i2", "v1"]
     assert (sources["v1"].start, sources["v1"].stop) == (1, 3)
     assert elements == {"v1", "i2", "r1", "x1"}

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -62,6 +62,9 @@ from netlists.calibration_decks import (
 )
 from netlists.config import HardwareConfig, SolverConfig
 from netlists.errors import ConfigError, SimulatorError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuitsim.interfaces import SpiceRunner
 
 __all__ = ["ADCGrid", "ADCSurface", "SURFACE", "PROBE_STAIRCASE", "d_range"]
 
@@ -204,7 +207,7 @@ class ADCSurface:
         raise ConfigError(f"adc: unknown job kind {kind!r}")
 
     def solve(self, hw: HardwareConfig, grid: ADCGrid, point: Mapping[str, Any],
-              runner: Any) -> dict[str, np.ndarray]:
+              runner: SpiceRunner) -> dict[str, np.ndarray]:
         deck, name = self._deck(hw, grid, point, steps_per_bit(runner))
         result = runner.run(deck, name=name)
         kind = point["kind"]

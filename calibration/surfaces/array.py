@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -53,6 +53,9 @@ from circuitsim.tile import level_table
 from netlists.array import render_cell_read_deck, render_tile_op_deck
 from netlists.config import HardwareConfig
 from netlists.errors import ConfigError, SimulatorError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuitsim.interfaces import SpiceRunner
 
 __all__ = ["ArrayGrid", "ArraySurface", "SURFACE", "tia_linear_limit_v"]
 
@@ -153,7 +156,7 @@ class ArraySurface:
                 for t, (split, kind) in enumerate(plan)]
 
     def solve(self, hw: HardwareConfig, grid: ArrayGrid, point: Mapping[str, Any],
-              runner: Any) -> dict[str, np.ndarray]:
+              runner: SpiceRunner) -> dict[str, np.ndarray]:
         start = time.perf_counter()
         rows, cols = hw.array.rows, hw.array.cols
         kind = point["kind"]

@@ -43,7 +43,7 @@ beyond ``FROZEN_MODEL_MAX_V`` (0.5 V) are rejected.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -56,6 +56,9 @@ from netlists.calibration_decks import (
 )
 from netlists.config import HardwareConfig
 from netlists.errors import ConfigError, SimulatorError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuitsim.interfaces import SpiceRunner
 
 __all__ = ["CellReadGrid", "CellReadSurface", "SURFACE", "FROZEN_MODEL_MAX_V"]
 
@@ -189,7 +192,7 @@ class CellReadSurface:
         return deck, name, n_v
 
     def solve(self, hw: HardwareConfig, grid: CellReadGrid, point: Mapping[str, Any],
-              runner: Any) -> dict[str, np.ndarray]:
+              runner: SpiceRunner) -> dict[str, np.ndarray]:
         """Current (n_states, n_v) of every cell at every swept voltage of this job."""
         deck, name, n_v = self._deck(hw, grid, point)
         result = runner.run(deck, name=name)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from netlists.energy_decks import (
     vmm_sources,
 )
 from netlists.errors import ConfigError, SimulatorError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuitsim.interfaces import SpiceRunner
 
 __all__ = ["EnergyGrid", "EnergySurface", "SURFACE", "source_energy_j"]
 
@@ -165,14 +168,14 @@ class EnergySurface:
     # -- jobs ------------------------------------------------------------------------------
 
     def solve(self, hw: HardwareConfig, grid: EnergyGrid, point: Mapping[str, Any],
-              runner: Any) -> dict[str, np.ndarray]:
+              runner: SpiceRunner) -> dict[str, np.ndarray]:
         if point.get("kind") == "vmm":
             return self._solve_vmm(hw, point, runner)
         if point.get("kind") == "pulse":
             return self._solve_pulse(hw, point, runner)
         raise ConfigError(f"energy point: kind {point.get('kind')!r} must be 'vmm' or 'pulse'")
 
-    def _solve_vmm(self, hw: HardwareConfig, point: Mapping[str, Any], runner: Any
+    def _solve_vmm(self, hw: HardwareConfig, point: Mapping[str, Any], runner: SpiceRunner
                    ) -> dict[str, np.ndarray]:
         start = time.perf_counter()
         rows, cols = hw.array.rows, hw.array.cols
@@ -215,7 +218,7 @@ class EnergySurface:
             "solve_seconds": np.array(time.perf_counter() - start),
         }
 
-    def _solve_pulse(self, hw: HardwareConfig, point: Mapping[str, Any], runner: Any
+    def _solve_pulse(self, hw: HardwareConfig, point: Mapping[str, Any], runner: SpiceRunner
                      ) -> dict[str, np.ndarray]:
         start = time.perf_counter()
         pol, amp = point["polarity"], float(point["amplitude_v"])

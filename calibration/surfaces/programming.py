@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -49,6 +49,9 @@ from circuitsim.write_verify import run_batch
 from netlists.config import HardwareConfig, SolverConfig
 from netlists.errors import ConfigError, SimulatorError
 from netlists.programming_batch import BatchCell, render_batch_deck
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuitsim.interfaces import SpiceRunner
 
 __all__ = ["ProgrammingGrid", "ProgrammingSurface", "SURFACE"]
 
@@ -183,7 +186,7 @@ class ProgrammingSurface:
                 for ig, g in enumerate(grid.gates_v)]
 
     def solve(self, hw: HardwareConfig, grid: ProgrammingGrid, point: Point,
-              runner: Any) -> JobResult:
+              runner: SpiceRunner) -> JobResult:
         grid.check(hw)
         solver = getattr(runner, "solver", None)
         res = run_batch(hw, _cells(hw, grid, point), width_s=float(point["width_s"]),

@@ -48,7 +48,7 @@ within 80% of the nearer rail), the fraction of a step the TIA has settled at th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -64,6 +64,9 @@ from netlists.calibration_decks import (
 from netlists.config import HardwareConfig, SolverConfig
 from netlists.device import small_signal_conductance
 from netlists.errors import ConfigError, SimulatorError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuitsim.interfaces import SpiceRunner
 
 __all__ = ["TIAGrid", "TIASurface", "SURFACE", "source_resistance", "full_scale_current"]
 
@@ -155,7 +158,7 @@ class TIASurface:
         raise ConfigError(f"tia: unknown job kind {point['kind']!r}")
 
     def solve(self, hw: HardwareConfig, grid: TIAGrid, point: Mapping[str, Any],
-              runner: Any) -> dict[str, np.ndarray]:
+              runner: SpiceRunner) -> dict[str, np.ndarray]:
         deck, name = self._deck(hw, grid, point, steps_per_bit(runner))
         result = runner.run(deck, name=name)
         if point["kind"] == "dc":

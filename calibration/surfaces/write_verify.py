@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from circuitsim.write_verify import read_window, write_verify
 from netlists.config import HardwareConfig, SolverConfig
 from netlists.errors import ConfigError, SimulatorError
 from netlists.programming_batch import BatchCell, render_batch_deck
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuitsim.interfaces import SpiceRunner
 
 __all__ = ["WriteVerifyGrid", "WriteVerifySurface", "SURFACE"]
 
@@ -149,7 +152,7 @@ class WriteVerifySurface:
                 for k in range(0, len(cells), grid.cells_per_job)]
 
     def solve(self, hw: HardwareConfig, grid: WriteVerifyGrid, point: Point,
-              runner: Any) -> JobResult:
+              runner: SpiceRunner) -> JobResult:
         cells = [tuple(int(v) for v in c) for c in point["cells"]]
         window = read_window(hw, runner=runner)
         spacing = (window[1] - window[0]) / (grid.n_levels - 1)
