@@ -79,9 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status = args.func(args)
     except KeyboardInterrupt as err:
-        kept = str(err) or _INTERRUPTED.get(args.command_name, "nothing was written")
-        return _fail(f"interrupted: {kept}", kind="Interrupted", field=None, option=None,
-                     status=130, as_json=as_json)
+        said = str(err)  # training's TrainingInterrupted says what its checkpoint holds
+        if not said.startswith("interrupted"):
+            said = "interrupted: " + (said or _INTERRUPTED.get(args.command_name,
+                                                              "nothing was written"))
+        return _fail(said, kind="Interrupted", field=None, option=None, status=130,
+                     as_json=as_json)
     except CircuitSimError as err:
         option = _option_for(args, err.field)
         return _fail(_error_text(err, option, args), kind=type(err).__name__,

@@ -262,3 +262,35 @@ def test_train_keeps_its_checkpoint_when_the_plot_fails(workspace, small_dir, tm
     result = _last_json(out)
     assert Path(result["checkpoint"]).is_file() and result["epochs"] == 1
     assert "No space left" in result["plot_error"]
+
+
+def test_ctrl_c_during_train_says_what_the_checkpoint_holds(tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "train", "--mode", "float",
+                             "--epochs", "200", "--test-size", "200", "--out", str(out),
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for line in proc.stderr:  # the line after epoch 2 (its checkpoint may be on its way)
+            if re.match(r"epoch 2: loss", line):
+                break
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    found = re.fullmatch(rf"circuitsim: interrupted in epoch \d+; the checkpoint "
+                         rf"{re.escape(str(out / 'checkpoint.pt'))} holds (\d+) epochs?: "
+                         r"continue with --resume", last)
+    assert found, last
+    assert json.loads(stdout.strip().splitlines()[-1])["kind"] == "Interrupted"
+    from training.trainer import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == int(found.group(1)) >= 1
