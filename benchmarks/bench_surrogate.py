@@ -182,9 +182,9 @@ def bench_geometry(label: str, table: Table, *, rows: int | None, batch: int, re
 def bench_spice(table: Table, read_seconds_per_vmm: float, *, seed: int = 0) -> dict[str, Any]:
     """One whole-tile ngspice solve of a random tile of the table's size, and the surrogate's
     error on it."""
-    from surrogate.validate import table_solver
     from circuitsim.runner import Runner, check_ngspice
     from circuitsim.tile import random_tile, solve_tile
+    from surrogate.validate import table_solver
 
     info = check_ngspice()
     s = TileSurrogate(table, dtype=torch.float64)

@@ -36,7 +36,8 @@ from calibration.worker import SPICE_RUNS_KEY
 from netlists.config import PRESETS, HardwareConfig, SolverConfig
 from netlists.errors import ConfigError, TableError
 
-__all__ = ["CalibrationResult", "calibrate", "calibration_path", "SPICE_RUNS_KEY"]
+__all__ = ["CalibrationResult", "calibrate", "calibration_key", "calibration_path",
+           "SPICE_RUNS_KEY"]
 
 
 
@@ -137,20 +138,14 @@ def _waiting_printer(name: str, lock: Path) -> Callable[[int | None, float], Non
     return say
 
 
-def calibrate(hw: HardwareConfig, *, preset: str = "chip", solver: SolverConfig | None = None,
-              surfaces: Sequence[str] | None = None, out: str | Path | None = None,
-              workers: int = 2, scheduler: str | None = None, force: bool = False,
-              max_failures: int = 0, retries: int = 2,
-              progress: Callable[[int, int], None] | None = None) -> CalibrationResult:
-    """Build (or find in the cache) the calibration of ``hw`` on ``preset``'s sweep grids."""
+def _identify(hw: HardwareConfig, preset: str, solver: SolverConfig,
+              surfaces: Sequence[str] | None) -> tuple[list[str], list[Any], dict[str, Any],
+                                                      Any, dict[str, Any], str]:
+    """(surface names, surfaces, grids, ngspice facts, manifest, content hash)."""
     from circuitsim.runner import check_ngspice
 
-    started = time.perf_counter()
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ConfigError(f"workers = {workers!r} must be a whole number >= 0")
-    solver = solver or SolverConfig()
     names = list(surfaces) if surfaces is not None else list(SURFACE_NAMES)
     if not names:
         raise ConfigError("no surfaces to calibrate")
@@ -158,7 +153,29 @@ def calibrate(hw: HardwareConfig, *, preset: str = "chip", solver: SolverConfig 
     grids = {s.name: s.grid(preset) for s in objs}
     info = check_ngspice()
     manifest = _manifest(hw, solver, preset, objs, grids, info.version)
-    key = content_hash(manifest)
+    return names, objs, grids, info, manifest, content_hash(manifest)
+
+
+def calibration_key(hw: HardwareConfig, *, preset: str = "chip",
+                    solver: SolverConfig | None = None,
+                    surfaces: Sequence[str] | None = None) -> str:
+    """The content hash a calibration of ``hw`` on ``preset``'s grids has with this ngspice
+    and these netlists (what :func:`calibrate` names and checks its table by); solves
+    nothing."""
+    return _identify(hw, preset, solver or SolverConfig(), surfaces)[-1]
+
+
+def calibrate(hw: HardwareConfig, *, preset: str = "chip", solver: SolverConfig | None = None,
+              surfaces: Sequence[str] | None = None, out: str | Path | None = None,
+              workers: int = 2, scheduler: str | None = None, force: bool = False,
+              max_failures: int = 0, retries: int = 2,
+              progress: Callable[[int, int], None] | None = None) -> CalibrationResult:
+    """Build (or find in the cache) the calibration of ``hw`` on ``preset``'s sweep grids."""
+    started = time.perf_counter()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"workers = {workers!r} must be a whole number >= 0")
+    solver = solver or SolverConfig()
+    names, objs, grids, info, manifest, key = _identify(hw, preset, solver, surfaces)
     path = calibration_path(out, preset, key)
     path.parent.mkdir(parents=True, exist_ok=True)
 

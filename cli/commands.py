@@ -258,14 +258,14 @@ def _case_progress(label: str):
     return show
 
 
-def cmd_validate(args: argparse.Namespace) -> None:
-    from surrogate.validate import plot_validation, validate
+def cmd_validate(args: argparse.Namespace) -> int:
     from circuitsim.runner import check_ngspice
+    from surrogate.validate import plot_validation, validate
 
-    check_ngspice()
     if args.plot is not None:
         _output_folder(args.plot, "--plot")
-    table = load_calibration(args)
+    table = load_calibration(args)  # the options are checked before ngspice is looked for
+    check_ngspice()
     result = validate(table, cases=args.cases, seed=args.seed, rows=args.rows,
                       cols=args.cols, workers=args.workers, method=args.method,
                       progress=_case_progress("validate"))

@@ -25,9 +25,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     from calibration.calibrate import calibrate
     from calibration.store import open_table
-    from surrogate.validate import validate
     from circuitsim.device import simulate_pulses
     from circuitsim.tile import ideal_codes, random_tile, solve_tile
+    from surrogate.validate import validate
     from training.trainer import TrainConfig, train
 
     from calibration.store import default_cache_dir

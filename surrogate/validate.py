@@ -188,9 +188,9 @@ def validate(table: Table, *, cases: int = 20, seed: int = 0, rows: int | None =
     """Draw ``cases`` held-out cases, solve each in ngspice and in the surrogate, compare."""
     import torch
 
+    from circuitsim.runner import Runner
     from circuitsim.tile import level_table
     from surrogate.tile import TileSurrogate
-    from circuitsim.runner import Runner
 
     surrogate = TileSurrogate(table, rows=rows, cols=cols, method=method)
     hw = surrogate.hw

@@ -1,5 +1,5 @@
 """Shared fixtures: one ngspice runner for the whole session (its worker is reused), the
-``tiny`` calibration, a small MNIST-format folder for training runs."""
+shipped ``tiny`` calibration, a small MNIST-format folder for training runs."""
 
 from __future__ import annotations
 
@@ -26,14 +26,24 @@ def chip() -> HardwareConfig:
     return preset("chip")
 
 
+#: The ``tiny`` preset's calibration (8x8 tile, every surface), built by ngspice with
+#: ``scripts/make_test_table.py``; ``test_test_table.py`` checks that it is current.
+TEST_TABLE = Path(__file__).resolve().parent / "data" / "tiny.h5"
+
+
 @pytest.fixture(scope="session")
 def tiny_calibration(tmp_path_factory):
-    """The ``tiny`` preset's calibration (8x8 tile, every surface), built once per session."""
-    from calibration.calibrate import calibrate
+    """A copy of the shipped ``tiny`` calibration, named as ``calibrate`` names it, in a
+    folder of its own (tests may write beside it). Needs no ngspice."""
+    import shutil
 
-    out = tmp_path_factory.mktemp("tiny-calibration")
-    return calibrate(preset("tiny"), preset="tiny", out=out, workers=2,
-                     progress=lambda done, total: None).path
+    from calibration.calibrate import calibration_path
+    from calibration.store import open_table
+
+    key = open_table(TEST_TABLE).attrs["content_hash"]   # checks its checksum too
+    path = calibration_path(tmp_path_factory.mktemp("tiny-calibration"), "tiny", key)
+    shutil.copyfile(TEST_TABLE, path)
+    return path
 
 
 

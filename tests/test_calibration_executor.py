@@ -225,6 +225,7 @@ def test_interrupt_stops_the_workers_at_once_and_propagates(tmp_path: Path) -> N
         proctree.clean_up(proc, below)
 
 
+@pytest.mark.spice
 def test_serial_mode_runs_in_process_and_reuses_one_runner(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "calibration.surfaces", sys.modules[__name__])

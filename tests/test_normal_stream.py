@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from surrogate.normal_stream import NormalStream
 from netlists.errors import ConfigError
+from surrogate.normal_stream import NormalStream
 
 REQUESTS = [5, 40, 17, 64, 3, 100, 64, 1, 200, 33]
 

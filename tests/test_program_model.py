@@ -25,13 +25,13 @@ import numpy as np
 import pytest
 import torch
 
-from surrogate import program_model
-from surrogate.program_model import Devices, ProgrammingModel, ProgramResult
 from calibration.store import Table, open_table
 from circuitsim.write_verify import write_verify
 from netlists.errors import ConfigError, TableError
+from surrogate import program_model
+from surrogate.program_model import Devices, ProgrammingModel, ProgramResult
 
-pytestmark = [pytest.mark.spice, pytest.mark.timeout(180)]
+pytestmark = pytest.mark.timeout(180)
 
 #: Target levels (of 128) spread over the window for the comparisons with ngspice.
 LEVELS = (10, 25, 40, 55, 70, 85, 100, 115)
@@ -254,6 +254,7 @@ def test_vectorized_procedure_matches_a_per_device_loop(table, caps):
 
 # ---- against ngspice ------------------------------------------------------------------------
 
+@pytest.mark.spice
 def test_agrees_with_ngspice_write_and_verify(runner, model):
     targets = _targets(model, LEVELS, repeats=3)
     ref = write_verify(model.hw, targets, runner=runner, seed=11)

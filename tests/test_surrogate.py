@@ -19,10 +19,10 @@ import torch
 
 from calibration import irdrop
 from calibration.store import Table, open_table
-from surrogate.tile import PreparedTiles, TileSurrogate, effective_conductance
-from surrogate.validate import validate
 from netlists.config import preset
 from netlists.errors import ConfigError, TableError
+from surrogate.tile import PreparedTiles, TileSurrogate, effective_conductance
+from surrogate.validate import validate
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -214,7 +214,6 @@ def test_effective_conductance_refuses_bad_arguments():
 
 # ---- the shortcut against the exact per-plane path ---------------------------------------------
 
-@pytest.mark.spice
 def test_exact_path_equals_the_shortcut_where_the_tias_stay_linear(surrogate):
     g = _tiles(surrogate, None, seed=7)
     tiles = surrogate.prepare(g)
@@ -229,7 +228,6 @@ def test_exact_path_equals_the_shortcut_where_the_tias_stay_linear(surrogate):
     assert float(torch.max(torch.abs(fast - slow))) / surrogate.lsb_v < 1e-3
 
 
-@pytest.mark.spice
 @pytest.mark.parametrize("lead", [(), (3,), (2, 3)], ids=["shared", "per-tile", "extra-lead"])
 def test_exact_path_broadcasts_inputs_like_the_shortcut(surrogate, lead):
     """Inputs (..., B, N) broadcast against tiles (T, N, M) on both paths, whatever B and T."""
@@ -245,7 +243,6 @@ def test_exact_path_broadcasts_inputs_like_the_shortcut(surrogate, lead):
         assert float(torch.max(torch.abs(fast - slow))) / surrogate.lsb_v < 1e-3
 
 
-@pytest.mark.spice
 def test_a_tile_that_saturates_takes_the_exact_path_and_stays_on_the_rails(table):
     s = TileSurrogate(table, rows=512, dtype=torch.float64)
     top_g = s.window_s[1]
@@ -274,7 +271,6 @@ def test_a_tile_that_saturates_takes_the_exact_path_and_stays_on_the_rails(table
 
 # ---- noise --------------------------------------------------------------------------------------
 
-@pytest.mark.spice
 def test_noise_is_reproducible_from_the_generator(surrogate):
     tiles = surrogate.prepare(_tiles(surrogate, None, seed=13))
     x = _inputs(surrogate, 32, seed=14)
@@ -302,7 +298,6 @@ def _read_noise_sigma_v(table: Table, s: TileSurrogate, x: np.ndarray) -> float:
     return gain * hw.drive.v_read_v * sigma_g * float(np.sqrt(np.sum(bits * s.plane_weights ** 2)))
 
 
-@pytest.mark.spice
 def test_noise_has_the_documented_spread(table, surrogate):
     draws = 4096
     tiles = surrogate.prepare(_tiles(surrogate, None, seed=15))
@@ -326,7 +321,6 @@ def test_noise_has_the_documented_spread(table, surrogate):
     assert float(only.std()) == pytest.approx(adc, rel=0.03)
 
 
-@pytest.mark.spice
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_column_read_is_the_read_transposed(table, dtype):
     """``analog_columns`` takes the vectors along the last axis, with tile columns stacked
@@ -355,7 +349,6 @@ def test_the_column_read_is_the_read_transposed(table, dtype):
         s.analog_columns(torch.full((s.rows, 2), 256.0, dtype=dtype), weights[0], offset[0])
 
 
-@pytest.mark.spice
 def test_the_column_read_draws_the_documented_noise(table, surrogate):
     draws = 4096
     tiles = surrogate.prepare(_tiles(surrogate, None, seed=23))
@@ -395,7 +388,6 @@ def test_a_table_without_the_surfaces_it_needs_is_refused(table, tmp_path):
         TileSurrogate(_edited(table, drop_dataset=("array", "coefficients_ohm")))
 
 
-@pytest.mark.spice
 @pytest.mark.parametrize("bad", [-1.0, 256.0, 3.5, float("nan")])
 def test_inputs_out_of_range_are_refused(surrogate, bad):
     tiles = surrogate.prepare(_tiles(surrogate, None, seed=20))
@@ -405,7 +397,6 @@ def test_inputs_out_of_range_are_refused(surrogate, bad):
         surrogate.read(x, tiles)
 
 
-@pytest.mark.spice
 def test_bad_conductance_maps_and_settings_are_refused(table, surrogate):
     g = _tiles(surrogate, None, seed=22)
     for shape in ((7, 8), (8, 9), (8,)):
@@ -420,7 +411,6 @@ def test_bad_conductance_maps_and_settings_are_refused(table, surrogate):
         TileSurrogate(table, method="slow")
 
 
-@pytest.mark.spice
 @pytest.mark.parametrize("cases", ["0", "-1", "two"])
 def test_validate_command_line_refuses_a_bad_case_count(tiny_calibration, cases):
     proc = subprocess.run(

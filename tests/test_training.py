@@ -27,7 +27,7 @@ from training.models import build_model
 from training.optim import MixedPrecisionOptimizer
 from training.trainer import TrainConfig, TrainingError, evaluate, load_checkpoint, train
 
-pytestmark = [pytest.mark.spice, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")

@@ -75,7 +75,6 @@ def test_evaluate_on_mnist5k_uses_the_runs_own_split(tmp_path, monkeypatch):
 
 
 # -- 2. results name the calibration table ---------------------------------------------------
-@pytest.mark.spice
 def test_results_name_the_calibration_table(table, digits, whole, tmp_path):
     path, digest = str(table.path), table.attrs["content_hash"]
     s = whole.summary()
@@ -99,7 +98,6 @@ def _tensor_offset(data: bytes, tensor: torch.Tensor) -> int:
     return at + len(raw) // 2
 
 
-@pytest.mark.spice
 def test_a_damaged_checkpoint_is_refused(whole, tmp_path):
     data = whole.checkpoint.read_bytes()
     saved = load_checkpoint(whole.checkpoint)["model"]
@@ -134,7 +132,6 @@ def test_a_checkpoint_without_checksum_is_refused(tmp_path):
 
 
 # -- 4. divergence is caught before the analog read ------------------------------------------
-@pytest.mark.spice
 def test_the_analog_read_refuses_non_finite_inputs(table):
     layer = AnalogLinear(12, 5, chip=AnalogChip(table, seed=0, read_noise=False))
     for bad in (float("nan"), float("inf"), -float("inf")):
@@ -144,7 +141,6 @@ def test_the_analog_read_refuses_non_finite_inputs(table):
             layer(x)
 
 
-@pytest.mark.spice
 def test_a_non_finite_update_writes_no_device(table):
     torch.manual_seed(0)
     model = nn.Sequential(AnalogLinear(12, 5, chip=AnalogChip(table, seed=0, read_noise=False)))
@@ -196,7 +192,6 @@ def _nan_weight(model):         # the inner optimizer's update of the first anal
     model.features[0].tiles.weight[0, 0] = float("nan")
 
 
-@pytest.mark.spice
 @pytest.mark.parametrize("poison, where", [(_inf_bias, "input of the analog layer"),
                                            (_nan_weight, "update of the analog weights")])
 def test_divergence_stops_before_the_analog_read_and_keeps_the_checkpoint(
@@ -306,7 +301,6 @@ class _CtrlC:
         pass
 
 
-@pytest.mark.spice
 def test_ctrl_c_says_what_was_kept_and_the_run_resumes(table, digits, whole, tmp_path):
     with pytest.raises(TrainingInterrupted) as excinfo:
         train(_cfg(digits, epochs=2), out=tmp_path, table=table, stream=_CtrlC("epoch 2/2"))
