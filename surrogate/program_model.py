@@ -122,16 +122,10 @@ controller is a table lookup, and without read noise a verify read is judged on 
 against precomputed thresholds, the conductance read once at the end: see
 ``ProgrammingModel._run``); at the sizes of a training step that overhead, not the
 arithmetic, is the cost. Up to ``_HOST_DEVICES`` (4,096) devices on the CPU the loop runs
-in numpy (``_run_host``), whose operations cost a third of torch's on arrays of this size;
-more devices, or CUDA, run it as torch operations. Moving 150 devices by up to three levels
-from where they stand (140 pulse steps until the slowest is done) takes 13 ms in the numpy
-loop against 25 ms in the torch loop on one CPU thread (the first implementation, a
-step-by-step loop of masked tensor operations, took 4.9x the torch loop); 1,000 devices
-take 16 ms (29 ms), 2,000 take 19 ms (35 ms); 50 devices moved within 56 pulse steps 6 ms
-(11 ms). (Medians of 9 calls of each, the two loops called in turn on a loaded machine.)
-Programming 64 x 64 x 16 devices (65,536, the torch loop) from their floor to random
-levels took 0.24 s on one thread and 0.17 s on two, in about 140 pulse steps. Both loops'
-results are the step-by-step loop's bit for bit, on the CPU and on CUDA: the same draws in
+in numpy (``_run_host``), whose operations cost less than torch's on arrays of this size;
+more devices, or CUDA, run it as torch operations (what each costs:
+``benchmarks/bench_program.py``, figures in ``benchmarks/README.md``). Both loops' results
+are the step-by-step loop's bit for bit, on the CPU and on CUDA: the same draws in
 the same order, the same arithmetic (numpy's exponential differs from torch's in the last
 bit, so the numpy loop takes it from torch).
 """
