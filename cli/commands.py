@@ -341,9 +341,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if saved and Path(saved).is_file():  # else evaluate() says the table is missing
             table = open_table_option(Path(saved), "--checkpoint")
             check_table_matches(args, table)
-    del ckpt
     result = evaluate(args.checkpoint, args.dataset, table=table, fresh_chip=args.fresh_chip,
-                      device=args.device)
+                      device=args.device, loaded=ckpt)
     where = f"a fresh chip (seed {args.fresh_chip})" if args.fresh_chip is not None else \
         ("the training chip" if result["mode"] != "float" else "float weights")
     emit(args, result, f"test accuracy {100 * result['test_accuracy']:.2f}% on {where}")

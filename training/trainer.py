@@ -461,7 +461,8 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
 
 def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None,
              fresh_chip: int | None = None, device: str = "auto",
-             read_noise: bool | None = None) -> dict[str, Any]:
+             read_noise: bool | None = None,
+             loaded: dict[str, Any] | None = None) -> dict[str, Any]:
     """Test accuracy of a checkpoint on ``dataset``'s test split (module docstring).
 
     On the dataset the run trained on, the test split is the run's own (for ``mnist5k``:
@@ -472,8 +473,10 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
     trained weights onto first. ``read_noise``: draw read noise (default: as in training).
     The result names the test split (``test_samples``, ``split_seed``: None for a dataset
     with a fixed split) and the table used (``table``, ``table_hash``: None when none was).
+    ``loaded``: what :func:`load_checkpoint` already read from ``checkpoint`` (saves
+    reading and hashing it again).
     """
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = loaded if loaded is not None else load_checkpoint(checkpoint)
     cfg = TrainConfig(**ckpt["config"])
     if read_noise is None:
         read_noise = cfg.read_noise
