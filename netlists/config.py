@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
+import numpy as np
 import tomli_w
 
 from netlists.errors import ConfigError
@@ -35,11 +36,15 @@ __all__ = [
     "TIAParams",
     "ADCParams",
     "DriveParams",
+    "LevelsParams",
+    "WriteVerifyParams",
     "HardwareConfig",
+    "SurrogateConfig",
     "SolverConfig",
     "PRESETS",
     "preset",
     "load_config",
+    "load_surrogate_config",
     "save_config",
 ]
 
@@ -48,6 +53,13 @@ def _q(default: Any, lo: float | None = None, hi: float | None = None, *,
        lo_open: bool = False, doc: str = "") -> Any:
     """A numeric field with an allowed range ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
     return field(default=default, metadata={"lo": lo, "hi": hi, "lo_open": lo_open, "doc": doc})
+
+
+def _optional(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+              doc: str = "") -> Any:
+    """A numeric field that may be left unset (``None``; absent from TOML)."""
+    return field(default=None, metadata={"lo": lo, "hi": hi, "lo_open": lo_open, "doc": doc,
+                                         "optional": True})
 
 
 def _choice(default: str, choices: tuple[str, ...], *, doc: str = "") -> Any:
@@ -69,7 +81,7 @@ class _Validated:
                     raise ConfigError(
                         f"{name} = {value!r} is not allowed: choose one of {list(meta['choices'])}")
                 continue
-            if "lo" not in meta:
+            if "lo" not in meta or (value is None and meta.get("optional")):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{name} = {value!r} must be a number")
@@ -142,11 +154,6 @@ class DeviceParams(_Validated):
                                doc="device-to-device spread: log-normal sigma of the rate")
     d2d_window_sigma: float = _q(0.03, 0.0, 1.0,
                                  doc="device-to-device spread: log-normal sigma of n_min and n_max")
-    read_noise_sigma: float = _q(0.02, 0.0, 1.0,
-                                 doc="read noise: standard deviation of one read of a cell's "
-                                     "conductance as a fraction of the read window "
-                                     "g(n_max) - g(n_min); applied by the surrogate tile "
-                                     "(ngspice transients are noise-free)")
 
     def _check(self) -> None:
         if not self.n_min < self.n_max:
@@ -265,6 +272,106 @@ class DriveParams(_Validated):
                 f"drive.t_bit_s = {self.t_bit_s!r}")
 
 
+#: Most write pulses the procedure may give one device (floor phase plus every round's SET
+#: and RESET phases): the surrogate's controller tables grow with it.
+MAX_PULSES_PER_WRITE = 1 << 16
+
+
+@dataclass(frozen=True)
+class LevelsParams(_Validated):
+    """The programmable levels: ``count`` read conductances evenly spaced over a window.
+
+    The window is ``[g_min_us, g_max_us]``; left unset, an end is the nominal cell's read
+    window end (1T1R read at ``drive.v_read_v`` with the device at ``n_min`` or ``n_max``,
+    solved in ngspice). Write-and-verify targets these levels, the weight mapping of the
+    analog layers uses them, and ``array``, ``validate`` and the calibration's
+    ``write_verify``, ``array`` and ``energy`` surfaces draw their maps from them. Levels
+    set beyond the device's window are refused where that window is known (when a table or
+    an ngspice solve gives it).
+    """
+
+    section: ClassVar[str] = "levels"
+
+    count: int = _q(128, 2, 4096, doc="number of programmable levels")
+    g_min_us: float | None = _optional(0.0, 1e6, lo_open=True,
+                                       doc="read conductance of the lowest level, uS "
+                                           "(unset: the cell's read window bottom)")
+    g_max_us: float | None = _optional(0.0, 1e6, lo_open=True,
+                                       doc="read conductance of the highest level, uS "
+                                           "(unset: the cell's read window top)")
+
+    def _check(self) -> None:
+        if self.g_min_us is not None and self.g_max_us is not None \
+                and not self.g_min_us < self.g_max_us:
+            raise ConfigError(f"levels.g_min_us = {self.g_min_us!r} must be below "
+                              f"levels.g_max_us = {self.g_max_us!r}")
+
+    def window(self, cell_window_s: tuple[float, float]) -> tuple[float, float]:
+        """The levels' window (S) inside the cell's read window ``cell_window_s`` (S)."""
+        lo_cell, hi_cell = (float(v) for v in cell_window_s)
+        lo = lo_cell if self.g_min_us is None else self.g_min_us * 1e-6
+        hi = hi_cell if self.g_max_us is None else self.g_max_us * 1e-6
+        slack = 1e-9 * hi_cell
+        if lo < lo_cell - slack or hi > hi_cell + slack or not lo < hi:
+            raise ConfigError(
+                f"levels window [{lo * 1e6:.6g}, {hi * 1e6:.6g}] uS must lie inside the "
+                f"cell's read window [{lo_cell * 1e6:.6g}, {hi_cell * 1e6:.6g}] uS: set "
+                "levels.g_min_us and levels.g_max_us within it, or leave them unset",
+                field="levels.g_min_us" if lo < lo_cell - slack else "levels.g_max_us")
+        return lo, hi
+
+    def spacing(self, cell_window_s: tuple[float, float]) -> float:
+        """Conductance between neighbouring levels, S."""
+        lo, hi = self.window(cell_window_s)
+        return (hi - lo) / (self.count - 1)
+
+    def conductances(self, cell_window_s: tuple[float, float]) -> np.ndarray:
+        """The ``count`` level conductances, S, lowest first."""
+        lo, hi = self.window(cell_window_s)
+        return np.linspace(lo, hi, self.count)
+
+    def targets(self, how_many: int) -> tuple[int, ...]:
+        """``how_many`` level indices spread evenly (each in the middle of its share of the
+        levels), or every level when there are no more than that."""
+        if self.count <= how_many:
+            return tuple(range(self.count))
+        stride = self.count // how_many
+        return tuple(stride // 2 + stride * k for k in range(how_many))
+
+
+@dataclass(frozen=True)
+class WriteVerifyParams(_Validated):
+    """The write-and-verify controller of the tile (the procedure is in
+    ``circuitsim/write_verify.py``): its tolerance, its floor and its limits."""
+
+    section: ClassVar[str] = "write_verify"
+
+    tolerance_levels: float = _q(0.5, 0.0, 10.0, lo_open=True,
+                                 doc="accepted |read - target|, in level spacings")
+    floor_levels: float = _q(1.0, 0.0, 1000.0,
+                             doc="the reset-to-floor phase ends at or below this read, in level "
+                                 "spacings above the lowest level")
+    max_rounds: int = _q(2, 1, 100, doc="rounds of adaptive SET and RESET")
+    set_step_v: float = _q(0.05, 0.0, 5.0, lo_open=True,
+                           doc="amplitude step of the adaptive SET ramp, V")
+    reset_step_v: float = _q(0.1, 0.0, 5.0, lo_open=True,
+                             doc="amplitude step of the adaptive RESET ramp, V")
+    max_pulses_per_phase: int = _q(60, 1, 10000, doc="pulses of one adaptive SET or RESET phase")
+    max_floor_pulses: int = _q(20, 0, 10000, doc="RESET pulses of the reset-to-floor phase")
+
+    def _check(self) -> None:
+        if self.max_pulses > MAX_PULSES_PER_WRITE:
+            raise ConfigError(
+                f"write_verify.max_floor_pulses + 2 * max_pulses_per_phase * max_rounds = "
+                f"{self.max_pulses} must not exceed {MAX_PULSES_PER_WRITE}",
+                field="write_verify.max_pulses_per_phase")
+
+    @property
+    def max_pulses(self) -> int:
+        """The most write pulses one device can receive."""
+        return self.max_floor_pulses + 2 * self.max_pulses_per_phase * self.max_rounds
+
+
 _BLOCKS: dict[str, type] = {
     "device": DeviceParams,
     "transistor": TransistorParams,
@@ -272,6 +379,8 @@ _BLOCKS: dict[str, type] = {
     "tia": TIAParams,
     "adc": ADCParams,
     "drive": DriveParams,
+    "levels": LevelsParams,
+    "write_verify": WriteVerifyParams,
 }
 
 
@@ -285,6 +394,8 @@ class HardwareConfig:
     tia: TIAParams = field(default_factory=TIAParams)
     adc: ADCParams = field(default_factory=ADCParams)
     drive: DriveParams = field(default_factory=DriveParams)
+    levels: LevelsParams = field(default_factory=LevelsParams)
+    write_verify: WriteVerifyParams = field(default_factory=WriteVerifyParams)
 
     def __post_init__(self) -> None:
         for name, cls in _BLOCKS.items():
@@ -306,19 +417,20 @@ class HardwareConfig:
             if name not in _BLOCKS:
                 raise ConfigError(f"unknown configuration block {name!r}: "
                                   f"choose from {list(_BLOCKS)}")
-            new[name] = _build_block(name, {**dataclasses.asdict(getattr(self, name)),
+            new[name] = _build_block(name, {**_fields(getattr(self, name)),
                                             **dict(changes)})
         return dataclasses.replace(self, **new)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {name: dataclasses.asdict(getattr(self, name)) for name in _BLOCKS}
+        """Every block's fields; fields left unset (``None``) are left out, as in TOML."""
+        return {name: _fields(getattr(self, name)) for name in _BLOCKS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, base: "HardwareConfig | None" = None
                   ) -> "HardwareConfig":
         """Build from nested mappings; blocks or fields left out keep ``base``'s values."""
         base = base or cls()
-        unknown = set(data) - set(_BLOCKS) - {"solver"}
+        unknown = set(data) - set(_BLOCKS) - {"solver", "surrogate"}
         if unknown:
             raise ConfigError(f"unknown configuration block(s) {sorted(unknown)}: "
                               f"choose from {list(_BLOCKS)}")
@@ -328,8 +440,13 @@ class HardwareConfig:
             if not isinstance(section, Mapping):
                 raise ConfigError(f"[{name}] must be a table of fields, got {section!r}")
             blocks[name] = _build_block(
-                name, {**dataclasses.asdict(getattr(base, name)), **dict(section)})
+                name, {**_fields(getattr(base, name)), **dict(section)})
         return cls(**blocks)
+
+
+def _fields(block: Any) -> dict[str, Any]:
+    """A block's fields as a dict, unset ones left out."""
+    return {k: v for k, v in dataclasses.asdict(block).items() if v is not None}
 
 
 def _construct(cls: type, section: str, values: Mapping[str, Any]) -> Any:
@@ -369,6 +486,52 @@ class SolverConfig(_Validated):
         return _construct(cls, "solver", data)
 
 
+@dataclass(frozen=True)
+class SurrogateConfig(_Validated):
+    """What the surrogate and the training's write policy use and no SPICE run does.
+
+    None of it is in a calibration's content hash: changing it needs no recalibration.
+    Read noise is one read's standard deviation of a cell's conductance, stated as a
+    fraction of the levels' window (``"window"``), in level spacings (``"level"``, the
+    paper's convention: 0.3 level of 16) or in uS (``"us"``); ngspice's transients are
+    noise-free. Verify reads of write-and-verify in training are noise-free with
+    ``verify_reads = 0`` (an ideal verify); with ``n >= 1`` each is the mean of ``n`` noisy
+    reads (standard deviation ``read_noise / sqrt(n)``).
+    """
+
+    section: ClassVar[str] = "surrogate"
+
+    read_noise: float = _q(0.02, 0.0, 1e6,
+                           doc="standard deviation of one read of a cell, in read_noise_unit")
+    read_noise_unit: str = _choice("window", ("window", "level", "us"),
+                                   doc="'window': fraction of the levels' window; 'level': "
+                                       "level spacings; 'us': uS")
+    verify_reads: int = _q(0, 0, 1000,
+                           doc="noisy reads averaged per verify in training (0: noise-free)")
+    write_threshold: float = _q(1.0 / 15.0, 0.0, 1.0, lo_open=True,
+                                doc="mixed-precision write threshold, fraction of the weight "
+                                    "range (the paper's 1/15: one level of 16)")
+
+    def read_noise_s(self, levels_window_s: tuple[float, float], level_count: int) -> float:
+        """One read's standard deviation, S, for levels ``level_count`` over
+        ``levels_window_s`` (S)."""
+        span = float(levels_window_s[1]) - float(levels_window_s[0])
+        if self.read_noise_unit == "window":
+            return self.read_noise * span
+        if self.read_noise_unit == "level":
+            return self.read_noise * span / (level_count - 1)
+        return self.read_noise * 1e-6
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SurrogateConfig":
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"[surrogate] must be a table of fields, got {data!r}")
+        return _construct(cls, "surrogate", data)
+
+
 def _chip() -> HardwareConfig:
     return HardwareConfig(array=ArrayParams(rows=64, cols=64))
 
@@ -393,10 +556,8 @@ def preset(name: str) -> HardwareConfig:
                           field="preset") from None
 
 
-def load_config(path: str | os.PathLike[str], *, base: HardwareConfig | None = None
-                ) -> tuple[HardwareConfig, SolverConfig]:
-    """Read a TOML file with ``[device]``, ``[array]``, ... and an optional ``[solver]`` table."""
-    path = Path(path)
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The parsed TOML file; ConfigError (field ``config``) when it cannot be read."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -415,17 +576,32 @@ def load_config(path: str | os.PathLike[str], *, base: HardwareConfig | None = N
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"configuration file {str(path)!r} is not valid TOML: {err}",
                           field="config") from err
+    return data
+
+
+def load_config(path: str | os.PathLike[str], *, base: HardwareConfig | None = None
+                ) -> tuple[HardwareConfig, SolverConfig]:
+    """Read a TOML file with ``[device]``, ``[array]``, ... and an optional ``[solver]`` table."""
+    data = _read_toml(Path(path))
     hardware = HardwareConfig.from_dict(data, base=base)
     solver = SolverConfig.from_dict(data.get("solver", {}))
     return hardware, solver
 
 
+def load_surrogate_config(path: str | os.PathLike[str]) -> SurrogateConfig:
+    """The ``[surrogate]`` table of a TOML file (defaults where it has none)."""
+    return SurrogateConfig.from_dict(_read_toml(Path(path)).get("surrogate", {}))
+
+
 def save_config(path: str | os.PathLike[str], hardware: HardwareConfig,
-                solver: SolverConfig | None = None) -> None:
+                solver: SolverConfig | None = None,
+                surrogate: SurrogateConfig | None = None) -> None:
     """Write the configuration as TOML, atomically."""
     data: dict[str, Any] = hardware.to_dict()
     if solver is not None:
         data["solver"] = dataclasses.asdict(solver)
+    if surrogate is not None:
+        data["surrogate"] = surrogate.to_dict()
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
     try:
