@@ -714,6 +714,25 @@ class Table:
                              f"configuration ({type(err).__name__}: {err}); {_RECALIBRATE}"
                              ) from err
 
+    def read_window(self) -> tuple[float, float]:
+        """The nominal cell's read window ``(g(n_min), g(n_max))``, S: the ``cell_read``
+        surface's 1T1R read conductance at the device's state bounds. The one source of
+        the window for everything built from the table (levels, weight mapping, noise)."""
+        d = self.hardware().device
+        self.check_range("cell_read", "state", [d.n_min, d.n_max])
+        cell = self.surface("cell_read")
+        try:
+            states = np.asarray(cell.axes["state"].data, float)
+            g = np.asarray(cell.datasets["g_read"].data, float)
+        except KeyError as err:
+            raise TableError(f"{self.path}: surface 'cell_read' lacks {err}; "
+                             f"{_RECALIBRATE}") from None
+        lo, hi = (float(v) for v in np.interp([d.n_min, d.n_max], states, g))
+        if not hi > lo > 0:
+            raise TableError(f"{self.path}: the cell's read window [{lo!r}, {hi!r}] S is not "
+                             f"increasing; {_RECALIBRATE}")
+        return lo, hi
+
     def check_range(self, surface: str, axis: str, values: Any) -> None:
         """TableError if any of ``values`` lies outside ``axis``'s calibrated [min, max].
 

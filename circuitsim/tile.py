@@ -194,30 +194,29 @@ def measure_cell_conductance(hw: HardwareConfig, n_values: object, *,
     return (current / hw.drive.v_read_v).reshape(n.shape)
 
 
-def level_table(hw: HardwareConfig, runner: SpiceRunner, levels: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(states, read conductances in S) of ``levels`` programmable levels evenly spaced in
-    conductance over the 1T1R cell's window. Two ngspice ``.op`` runs: the cell's
-    conductance curve over the state, then the level states themselves (so that ``g`` is
-    solved, not interpolated)."""
+def level_table(hw: HardwareConfig, runner: SpiceRunner) -> tuple[np.ndarray, np.ndarray]:
+    """(states, read conductances in S) of the programmable levels ``hw.levels``: evenly
+    spaced in conductance over their window inside the 1T1R cell's. Two ngspice ``.op``
+    runs: the cell's conductance curve over the state, then the level states themselves (so
+    that ``g`` is solved, not interpolated)."""
     from circuitsim.device import cell_conductance_curve
 
     n_grid, g_grid = cell_conductance_curve(hw, runner=runner)
     if np.any(np.diff(g_grid) <= 0):
         raise SimulatorError("the cell's read conductance is not monotonic in the state",
                              netlist="cell_curve")
-    level_g = np.linspace(g_grid[0], g_grid[-1], levels)
+    level_g = hw.levels.conductances((g_grid[0], g_grid[-1]))
     states = np.clip(np.interp(level_g, g_grid, n_grid), hw.device.n_min, hw.device.n_max)
     g = measure_cell_conductance(hw, states, runner=runner, name="array_levels")
     return states, g
 
 
-def random_tile(hw: HardwareConfig, *, runner: SpiceRunner, seed: int, levels: int = 128
+def random_tile(hw: HardwareConfig, *, runner: SpiceRunner, seed: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A random map of ``levels`` programmable levels (:func:`level_table`) and a random
+    """A random map of the programmable levels (:func:`level_table`) and a random
     ``drive.input_bits`` input per row: (states, cell read conductances in S, inputs)."""
-    level_states, level_g = level_table(hw, runner, levels)
+    level_states, level_g = level_table(hw, runner)
     rng = np.random.default_rng(seed)
-    pick = rng.integers(0, levels, size=(hw.array.rows, hw.array.cols))
+    pick = rng.integers(0, hw.levels.count, size=(hw.array.rows, hw.array.cols))
     x = rng.integers(0, 2 ** hw.drive.input_bits, size=hw.array.rows)
     return level_states[pick], level_g[pick], x

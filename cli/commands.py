@@ -9,6 +9,7 @@ each other, checks where results go before the work, and shapes the output.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from netlists.config import HardwareConfig, SolverConfig, load_config, preset
+from netlists.config import (HardwareConfig, SolverConfig, SurrogateConfig, load_config,
+                             load_surrogate_config, preset)
 from netlists.errors import CircuitSimError, ConfigError, OutputError
 from netlists.files import check_writable_folder
 
@@ -33,6 +35,21 @@ def hardware(args: argparse.Namespace) -> tuple[HardwareConfig, SolverConfig]:
         hw = hw.replace(array={"rows": rows if rows is not None else hw.array.rows,
                                "cols": cols if cols is not None else hw.array.cols})
     return hw, solver
+
+
+def surrogate_config(args: argparse.Namespace) -> SurrogateConfig:
+    """The ``[surrogate]`` block of ``--config`` (defaults without one), with ``--threshold``
+    applied when given."""
+    found = load_surrogate_config(args.config) if getattr(args, "config", None) \
+        else SurrogateConfig()
+    threshold = getattr(args, "threshold", None)
+    if threshold is not None:
+        try:
+            found = dataclasses.replace(found, write_threshold=threshold)
+        except ConfigError as err:
+            err.field = "threshold"
+            raise
+    return found
 
 
 def emit(args: argparse.Namespace, payload: dict[str, Any], summary: str) -> None:
@@ -292,7 +309,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(model=args.model, dataset=args.dataset, mode=args.mode,
                       epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-                      lr=args.lr, weight_decay=args.weight_decay, threshold=args.threshold,
+                      lr=args.lr, weight_decay=args.weight_decay, surrogate=surrogate_config(args),
                       seed=args.seed, chip_seed=args.chip_seed, range_margin=args.range_margin,
                       read_noise=not args.no_read_noise, programming=args.programming,
                       test_size=args.test_size)

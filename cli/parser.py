@@ -190,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=_number, default=1e-3, help="learning rate (default 1e-3)")
     tr.add_argument("--weight-decay", type=_number, default=0.0,
                     help="the optimizer's weight decay (default 0)")
-    tr.add_argument("--threshold", type=_number, default=1.0 / 15.0,
-                    help="write threshold, fraction of the weight range (default 1/15)")
+    tr.add_argument("--threshold", type=_number,
+                    help="write threshold, fraction of the weight range (default: the "
+                         "[surrogate] write_threshold of --config, else 1/15)")
     tr.add_argument("--seed", type=_seed, default=0,
                     help="model initialization, data order and the mnist5k split")
     tr.add_argument("--chip-seed", type=_seed, default=0,

@@ -75,11 +75,14 @@ continued linearly with the spline's end slope (an explicit, documented extrapol
 Checked by fitting only the chip table's inner states: continuing 0.09 (0.18) below the
 fitted range errs by 0.06 (0.19) tolerance, 0.63 above it by 0.17 tolerance; a 3-sigma
 ``wd`` reaches 0.04 below ``n_min`` and 0.59 above ``n_max``. The nominal read window
-``window_s`` is ``(g(n_min), g(n_max))``.
+``window_s`` is the table's (``Table.read_window``); the levels (``hw.levels``: their count
+and window ``level_window_s`` inside it), the tolerance and the floor level
+(``hw.write_verify``) follow from it.
 
-Read noise: each verify read adds a normal draw of standard deviation
-``device.read_noise_sigma * (window_s[1] - window_s[0])`` when ``read_noise=True`` (the
-default); ngspice's reads, and the table's own ``write_verify`` surface, are noise-free, so
+Read noise: each verify read adds a normal draw of standard deviation ``verify_noise_s``
+when ``read_noise=True`` (the default): one read's noise ``read_noise_s``
+(``SurrogateConfig.read_noise`` in its unit) over the square root of the reads a verify
+averages (``SurrogateConfig.verify_reads``, at least one); ngspice's reads, and the table's own ``write_verify`` surface, are noise-free, so
 comparisons against them switch it off. ``ProgramResult.g_reached`` is, as in
 ``write_verify``, the last *verify read* and ``success`` is judged on it (noisy when read
 noise is on); the conductance a device actually has is ``model.read(result.state,
@@ -110,7 +113,7 @@ cell on average, each cell's ``kd``, ``wd`` and per-pulse ``kc``) through
 conductance on the chip table, 3.9 rms (6.7 worst) on the ``tiny`` one.
 
 Programming 64 x 64 x 16 devices from their floor to random levels with the default read
-noise (``read_noise_sigma = 0.02``, i.e. 2.5 levels, 5x the tolerance), a verify read
+noise (``SurrogateConfig.read_noise = 0.02`` of the window, i.e. 2.5 levels, 5x the tolerance), a verify read
 passes by chance: 75 % of the devices end with a read within tolerance after 39 pulses on
 average, but only 11 % actually are, and the conductance error is 2.8 levels rms (0.55
 without noise).
@@ -141,8 +144,8 @@ import numpy as np
 import torch
 from scipy.interpolate import CubicSpline, PchipInterpolator
 
-from circuitsim.write_verify import DEFAULT_LEVELS, step_value, whole_number
-from netlists.config import HardwareConfig
+from circuitsim.write_verify import step_value, whole_number
+from netlists.config import HardwareConfig, SurrogateConfig
 from netlists.errors import ConfigError, TableError
 
 __all__ = ["Devices", "ProgramResult", "ProgrammingModel"]
@@ -322,28 +325,41 @@ class ProgrammingModel:
     """Write-and-verify of many devices at once on a calibrated pulse response (module
     docstring). Build it with :meth:`from_table`."""
 
-    levels: int = DEFAULT_LEVELS
-
     def __init__(self, hw: HardwareConfig, *, g_state: np.ndarray, g_values: np.ndarray,
                  amplitudes: np.ndarray, states: np.ndarray, log_response: np.ndarray,
-                 elasticity: np.ndarray, device: Any = None,
+                 elasticity: np.ndarray, window_s: tuple[float, float] | None = None,
+                 config: SurrogateConfig | None = None, device: Any = None,
                  dtype: torch.dtype = torch.float32) -> None:
         """Low-level constructor (use :meth:`from_table`). ``g_state``/``g_values``: the read
         conductance on a uniform state grid. ``amplitudes``: uniform grid, V.
         ``log_response``, ``elasticity``: ``D`` and ``B`` as [polarity (0 RESET, 1 SET),
-        amplitude, state]."""
+        amplitude, state]. ``window_s``: the cell's read window (default: the read curve at
+        ``n_min`` and ``n_max``). ``config``: read and verify noise (default
+        ``SurrogateConfig()``)."""
         if not dtype.is_floating_point:
             raise ConfigError(f"dtype = {dtype} must be a floating-point type")
         self.hw = hw
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         d = hw.device
-        g_lo, g_hi = np.interp([d.n_min, d.n_max], g_state, g_values)
-        self.window_s: tuple[float, float] = (float(g_lo), float(g_hi))
-        self.level_spacing_s = (g_hi - g_lo) / (self.levels - 1)
-        self.tolerance_s: float = 0.5 * self.level_spacing_s
-        self.floor_s: float = g_lo + self.level_spacing_s
-        self.read_noise_s: float = d.read_noise_sigma * (g_hi - g_lo)
+        if window_s is None:
+            window_s = tuple(np.interp([d.n_min, d.n_max], g_state, g_values))
+        self.config = SurrogateConfig() if config is None else config
+        if not isinstance(self.config, SurrogateConfig):
+            raise ConfigError(f"config = {config!r} must be a SurrogateConfig")
+        #: the cell's read window, S
+        self.window_s: tuple[float, float] = (float(window_s[0]), float(window_s[1]))
+        #: the levels' window (``hw.levels`` inside the cell's), S, and its level grid
+        self.level_window_s = hw.levels.window(self.window_s)
+        self.levels: int = hw.levels.count
+        self.level_spacing_s = hw.levels.spacing(self.window_s)
+        wv = hw.write_verify
+        self.tolerance_s: float = wv.tolerance_levels * self.level_spacing_s
+        self.floor_s: float = self.level_window_s[0] + wv.floor_levels * self.level_spacing_s
+        #: one read's noise, S; a verify read's (the mean of ``verify_reads`` reads)
+        self.read_noise_s: float = self.config.read_noise_s(self.level_window_s, self.levels)
+        self.verify_noise_s: float = self.read_noise_s / math.sqrt(
+            max(self.config.verify_reads, 1))
         self._g0, self._gdx = float(g_state[0]), float(g_state[1] - g_state[0])
         self._a0 = float(amplitudes[0])
         self._adx = float(amplitudes[1] - amplitudes[0])
@@ -366,10 +382,12 @@ class ProgrammingModel:
     # ---- construction from a calibration ------------------------------------------------
 
     @classmethod
-    def from_table(cls, table: Any, *, device: Any = None,
-                   dtype: torch.dtype = torch.float32) -> ProgrammingModel:
+    def from_table(cls, table: Any, *, config: SurrogateConfig | None = None,
+                   device: Any = None, dtype: torch.dtype = torch.float32
+                   ) -> ProgrammingModel:
         """The model of ``table`` (a :class:`calibration.store.Table`): its hardware, its
-        ``cell_read`` and ``programming`` surfaces. TableError when one is missing or does
+        ``cell_read`` and ``programming`` surfaces, its read window; read and verify noise
+        from ``config``. TableError when one is missing or does
         not cover the hardware's drive (pulse width, gate voltages, amplitude range, the
         state window)."""
         hw = table.hardware()
@@ -460,7 +478,8 @@ class ProgrammingModel:
         resp = np.stack([PchipInterpolator(amps, r, axis=0)(fine) for r in response])
         elas = np.stack([PchipInterpolator(amps, b, axis=0)(fine) for b in elastic])
         return cls(hw, g_state=g_state, g_values=g_values, amplitudes=fine, states=states,
-                   log_response=resp, elasticity=elas, device=device, dtype=dtype)
+                   log_response=resp, elasticity=elas, window_s=table.read_window(),
+                   config=config, device=device, dtype=dtype)
 
     @staticmethod
     def _fit_replicas(table: Any, hw: HardwareConfig, prog: Any, dstate: np.ndarray,
@@ -520,7 +539,7 @@ class ProgrammingModel:
             for key, value in (("s0", self._s0), ("s_scale", 1.0 / self._sdx),
                                ("inv_n_max", 1.0 / d.n_max),
                                ("n_min", d.n_min), ("one", 1.0), ("c2c", d.c2c_sigma),
-                               ("noise", self.read_noise_s)):
+                               ("noise", self.verify_noise_s)):
                 found[key] = torch.tensor(value, dtype=self.dtype)
             for key, value in (("floor", self.floor_s), ("inf", math.inf)):
                 found[key] = torch.tensor(value, dtype=self.dtype, device=device)
@@ -536,8 +555,8 @@ class ProgrammingModel:
     # ---- public helpers -------------------------------------------------------------------
 
     def level_conductances(self) -> torch.Tensor:
-        """The ``levels`` conductances spread evenly over ``window_s``, S."""
-        return torch.linspace(self.window_s[0], self.window_s[1], self.levels,
+        """The ``levels`` conductances spread evenly over ``level_window_s``, S."""
+        return torch.linspace(self.level_window_s[0], self.level_window_s[1], self.levels,
                               dtype=self.dtype, device=self.device)
 
     def draw_devices(self, shape: Sequence[int] | int, *,

@@ -40,8 +40,8 @@ what the training layers use), the ADC's LSB folded into the operands for the co
 Noise (seeded through a ``torch.Generator``, or drawn from a
 :class:`~surrogate.normal_stream.NormalStream`; off without either). Read noise: every
 cell read (one per bit-plane) deviates by ``N(0, sigma_g^2)`` with ``sigma_g =
-read_noise_sigma x`` the read window (``DeviceParams.read_noise_sigma``; not in the SPICE
-decks, which are deterministic). Its effect on ``D`` is Gaussian with variance
+read_noise_s`` (``SurrogateConfig.read_noise``, stated against the levels' window; not in
+the SPICE decks, which are deterministic). Its effect on ``D`` is Gaussian with variance
 ``(G v_read sigma_g)^2 sum_i sum_k a_k^2 bit_k(x_i)``, drawn directly (the same distribution
 as eight planes of per-cell draws, at the cost of one draw per output). ADC noise: the
 table's ``noise_v_rms``, added to ``D`` before the conversion.
@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from calibration.store import Table
-from netlists.config import HardwareConfig
+from netlists.config import HardwareConfig, SurrogateConfig
 from netlists.errors import ConfigError, TableError
 from surrogate.normal_stream import NormalStream
 
@@ -214,7 +214,8 @@ class TileSurrogate:
 
     def __init__(self, table: Table, *, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32, method: str = "exact",
-                 rows: int | None = None, cols: int | None = None) -> None:
+                 rows: int | None = None, cols: int | None = None,
+                 config: SurrogateConfig | None = None) -> None:
         if method not in _METHODS:
             raise ConfigError(f"method = {method!r} is not allowed: choose one of "
                               f"{list(_METHODS)}")
@@ -228,8 +229,11 @@ class TileSurrogate:
         self.method = method
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype
+        self.config = SurrogateConfig() if config is None else config
+        if not isinstance(self.config, SurrogateConfig):
+            raise ConfigError(f"config = {config!r} must be a SurrogateConfig")
         array, tia, adc = table.surface("array"), table.surface("tia"), table.surface("adc")
-        wv = table.surface("write_verify")
+        window = table.read_window()
         try:
             self.coefficients = np.asarray(array.datasets["coefficients_ohm"].data, float)
             self.iterations = int(array.attrs["iterations"])
@@ -244,7 +248,6 @@ class TileSurrogate:
             d_offset = float(np.asarray(adc.datasets["d_offset"].data))
             transitions = np.asarray(adc.datasets["transition_v"].data, float)
             self.adc_noise_v = float(adc.attrs["noise_v_rms"])
-            window = (float(wv.attrs["window_low_s"]), float(wv.attrs["window_high_s"]))
         except KeyError as err:
             raise TableError(f"{table.path}: the calibration lacks {err} that the surrogate "
                              "needs; recalibrate with this version (`circuitsim calibrate "
@@ -312,7 +315,7 @@ class TileSurrogate:
         ideal = (np.arange(1, 2 ** hw.adc.bits) - 0.5) * lsb
         self._uniform_adc = (transitions.shape == ideal.shape
                              and float(np.max(np.abs(transitions - ideal))) <= 1e-3 * lsb)
-        self.read_noise_s = hw.device.read_noise_sigma * (window[1] - window[0])
+        self.read_noise_s = self.config.read_noise_s(hw.levels.window(window), hw.levels.count)
 
     # -- shape ---------------------------------------------------------------------------
     @property

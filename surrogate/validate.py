@@ -1,8 +1,8 @@
 """Check the surrogate tile against full ngspice solves: what ``circuitsim validate`` runs.
 
 Cases are drawn fresh (a seed stream of their own, apart from the calibration's draws, so
-none is a map the calibration fitted): conductance maps of the programmable levels (128
-evenly over the 1T1R cell's read window, each level's state and read conductance solved in
+none is a map the calibration fitted): conductance maps of the programmable levels (``hw.levels``:
+evenly over their window in the 1T1R cell's read window, each level's state and read conductance solved in
 ngspice) and 8-bit inputs. The worst cases come first and are interleaved with uniform
 random ones: every cell on the top level with every input at full scale (the largest
 currents and IR drop), every cell on the floor (the smallest signal), every cell on the top
@@ -55,7 +55,7 @@ class ValidationCase:
     x: np.ndarray
 
 
-def draw_cases(rows: int, cols: int, count: int, *, seed: int, levels: int = 128,
+def draw_cases(rows: int, cols: int, count: int, *, seed: int, levels: int,
                input_bits: int = 8) -> list[ValidationCase]:
     """``count`` cases: worst ones at even positions until all are used, random otherwise."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -196,9 +196,9 @@ def validate(table: Table, *, cases: int = 20, seed: int = 0, rows: int | None =
     hw = surrogate.hw
     solver = solver or table_solver(table)
     drawn = draw_cases(hw.array.rows, hw.array.cols, cases, seed=seed,
-                       input_bits=hw.drive.input_bits)
+                       levels=hw.levels.count, input_bits=hw.drive.input_bits)
     with Runner(solver) as runner:
-        level_states, level_g = level_table(hw, runner, 128)
+        level_states, level_g = level_table(hw, runner)
 
     results: dict[int, Mapping[str, np.ndarray]] = {}
     context = {"hardware": hw.to_dict(), "solver": dataclasses.asdict(solver),

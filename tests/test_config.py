@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from netlists.config import (ADCParams, ArrayParams, DeviceParams, DriveParams, HardwareConfig,
-                             SolverConfig, TIAParams, TransistorParams, load_config, preset,
-                             save_config)
+                             LevelsParams, SolverConfig, SurrogateConfig, TIAParams,
+                             TransistorParams, WriteVerifyParams, load_config,
+                             load_surrogate_config, preset, save_config)
 from netlists.errors import CircuitSimError, ConfigError
 
 
@@ -134,3 +135,67 @@ def test_validation_survives_python_O():
     out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "rejected"
+
+
+def test_levels_window_resolves_inside_the_cell_window():
+    cell = (4.0e-6, 40.0e-6)
+    full = LevelsParams()
+    assert full.window(cell) == cell
+    assert full.spacing(cell) == pytest.approx(36e-6 / 127)
+    chip2 = LevelsParams(count=4, g_min_us=8.2, g_max_us=32.9)
+    assert chip2.conductances(cell) == pytest.approx([8.2e-6, 16.4333e-6, 24.6667e-6, 32.9e-6],
+                                                     rel=1e-4)
+    with pytest.raises(ConfigError, match=r"levels window \[3, 32\.9\] uS must lie inside") as err:
+        LevelsParams(count=4, g_min_us=3.0, g_max_us=32.9).window(cell)
+    assert err.value.field == "levels.g_min_us"
+    with pytest.raises(ConfigError, match="levels.g_max_us") as err:
+        LevelsParams(g_max_us=50.0).window(cell)
+    assert err.value.field == "levels.g_max_us"
+    with pytest.raises(ConfigError, match=r"levels.g_min_us = 20.0 must be below"):
+        LevelsParams(g_min_us=20.0, g_max_us=10.0)
+    with pytest.raises(ConfigError, match=r"levels.count = 1 is out of range"):
+        LevelsParams(count=1)
+    assert LevelsParams().targets(32) == tuple(4 * k + 2 for k in range(32))
+    assert LevelsParams(count=4).targets(32) == (0, 1, 2, 3)
+
+
+def test_write_verify_limits_are_checked_once():
+    assert WriteVerifyParams().max_pulses == 20 + 2 * 60 * 2
+    with pytest.raises(ConfigError, match=r"write_verify.max_rounds = 0 is out of range"):
+        WriteVerifyParams(max_rounds=0)
+    with pytest.raises(ConfigError, match=r"must not exceed 65536") as err:
+        WriteVerifyParams(max_pulses_per_phase=10000, max_rounds=4)
+    assert err.value.field == "write_verify.max_pulses_per_phase"
+
+
+def test_surrogate_config_states_read_noise_in_three_units():
+    window = (1e-6, 7e-6)  # the paper's 16 levels over 1-7 uS: 0.4 uS a level
+    assert SurrogateConfig().read_noise_s(window, 16) == pytest.approx(0.02 * 6e-6)
+    paper = SurrogateConfig(read_noise=0.3, read_noise_unit="level")
+    assert paper.read_noise_s(window, 16) == pytest.approx(0.3 * 0.4e-6)
+    assert SurrogateConfig(read_noise=0.1, read_noise_unit="us").read_noise_s(window, 16) \
+        == pytest.approx(0.1e-6)
+    with pytest.raises(ConfigError, match=r"surrogate.read_noise_unit = 'sigma' is not allowed"):
+        SurrogateConfig(read_noise_unit="sigma")
+    with pytest.raises(ConfigError, match=r"surrogate.write_threshold = 0.0 is out of range"):
+        SurrogateConfig(write_threshold=0.0)
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['noise'\] in \[surrogate\]"):
+        SurrogateConfig.from_dict({"noise": 1.0})
+
+
+def test_new_blocks_round_trip_through_toml(tmp_path):
+    hw = HardwareConfig().replace(levels={"count": 16, "g_min_us": 10.0},
+                                  write_verify={"max_rounds": 3})
+    sur = SurrogateConfig(read_noise=0.3, read_noise_unit="level", verify_reads=4)
+    path = tmp_path / "hw.toml"
+    save_config(path, hw, surrogate=sur)
+    text = path.read_text()
+    assert "g_max_us" not in text, "an unset window end is left out of the file"
+    back, _ = load_config(path)
+    assert back == hw and back.levels.g_max_us is None
+    assert load_surrogate_config(path) == sur
+    # the surrogate's block is not hardware: no calibration hashes it
+    assert "surrogate" not in back.to_dict() and "read_noise" not in str(back.to_dict())
+    plain = tmp_path / "plain.toml"
+    plain.write_text("[array]\nrows = 8\n")
+    assert load_surrogate_config(plain) == SurrogateConfig()

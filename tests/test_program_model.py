@@ -27,6 +27,7 @@ import torch
 
 from calibration.store import Table, open_table
 from circuitsim.write_verify import write_verify
+from netlists.config import SurrogateConfig
 from netlists.errors import ConfigError, TableError
 from surrogate import program_model
 from surrogate.program_model import Devices, ProgrammingModel, ProgramResult
@@ -641,7 +642,9 @@ def test_read_noise(table, model):
     clean = model.read(state, devices)
     assert torch.equal(clean, model.read(state, devices))
     noisy = model.read(state, devices, generator=_gen(0))
-    expected = model.hw.device.read_noise_sigma * (model.window_s[1] - model.window_s[0])
+    # the default: 0.02 of the levels' window, which is the cell's whole read window
+    expected = 0.02 * (model.window_s[1] - model.window_s[0])
+    assert model.level_window_s == model.window_s
     assert model.read_noise_s == pytest.approx(expected)
     # 20,000 draws: the sample std is within 1 % of sigma (5 standard errors)
     assert float((noisy - clean).std()) == pytest.approx(expected, rel=0.05)
@@ -658,8 +661,7 @@ def test_read_noise(table, model):
     # the last verify read of a quiet run is the device's conductance
     assert torch.equal(quiet.g_reached, model.read(quiet.state, devs))
     # a device without read noise: switching it on changes nothing
-    silent = ProgrammingModel.from_table(
-        _edited(table, hardware={"device": {"read_noise_sigma": 0.0}}))
+    silent = ProgrammingModel.from_table(table, config=SurrogateConfig(read_noise=0.0))
     on = silent.program(tg, devs, generator=_gen(2), read_noise=True)
     off = silent.program(tg, devs, generator=_gen(2), read_noise=False)
     assert all(torch.equal(a, b) for a, b in zip(_fields(on).values(), _fields(off).values()))

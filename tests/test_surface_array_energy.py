@@ -178,7 +178,6 @@ def test_preset_grids_points_and_netlists(surface):
     (lambda: ArrayGrid(planes_per_tile=1), "planes_per_tile"),
     (lambda: ArrayGrid(extreme_tiles="yes"), "extreme_tiles"),
     (lambda: ArrayGrid(iterations=0), "iterations"),
-    (lambda: ArrayGrid(levels=1), "levels"),
     (lambda: EnergyGrid(vmm_tiles=()), "vmm_tiles"),
     (lambda: EnergyGrid(vmm_tiles=("huge",)), "vmm_tiles"),
     (lambda: EnergyGrid(pulse_amplitudes_v=(2.0, 1.5)), "pulse_amplitudes_v"),

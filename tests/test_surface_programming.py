@@ -20,7 +20,7 @@ from calibration.surfaces.write_verify import SURFACE as WRITE_VERIFY
 from calibration.surfaces.write_verify import WriteVerifyGrid
 from circuitsim.device import draw_variation, simulate_schedule
 from circuitsim.write_verify import read_window, run_batch, write_verify
-from netlists.config import preset
+from netlists.config import HardwareConfig, preset
 from netlists.errors import ConfigError
 from netlists.programming import Pulse
 from netlists.programming_batch import BatchCell, render_batch_deck
@@ -266,13 +266,21 @@ def test_programming_grid_checked_against_the_hardware(chip):
 
 @pytest.mark.parametrize("changes, message", [
     ({"target_levels": (5,)}, "at least 2"),
-    ({"target_levels": (5, 128)}, r"target_levels holds 128: .* \[0, 127\]"),
+    ({"target_levels": (-1, 5)}, "target_levels holds -1"),
     ({"target_levels": (9, 5)}, "strictly increasing"),
     ({"repeats": 1}, r"write_verify\.repeats = 1"),
-    ({"tolerance_levels": 0.0}, "tolerance_levels"),
-    ({"set_step_v": 2.0}, "set_step_v"),
-    ({"max_rounds": 0}, "max_rounds"),
+    ({"targets": 1}, r"write_verify\.targets = 1"),
 ])
 def test_bad_write_verify_grids_are_rejected(changes, message):
     with pytest.raises(ConfigError, match=message):
         WriteVerifyGrid(**changes)
+
+
+def test_write_verify_grid_targets_follow_the_levels():
+    hw = HardwareConfig()
+    assert WriteVerifyGrid().levels(hw) == tuple(4 * k + 2 for k in range(32))
+    few = hw.replace(levels={"count": 16})
+    assert WriteVerifyGrid().levels(few) == tuple(range(16))
+    assert WriteVerifyGrid(targets=4).levels(few) == (2, 6, 10, 14)
+    with pytest.raises(ConfigError, match=r"target_levels holds 16: .* \[0, 15\]"):
+        WriteVerifyGrid(target_levels=(5, 16)).levels(few)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.timeout(180)
 
 #: The surfaces the surrogate reads (``TileSurrogate.__init__``): the tile network, the TIA,
 #: the front-end and ADC, and the read window (for the read noise).
-SURROGATE_SURFACES = ["array", "tia", "adc", "write_verify"]
+SURROGATE_SURFACES = ["array", "tia", "adc", "cell_read"]
 
 
 @pytest.fixture(scope="module")
@@ -291,8 +291,8 @@ def _read_noise_sigma_v(table: Table, s: TileSurrogate, x: np.ndarray) -> float:
     """The module docstring's formula, from the table and the configuration:
     ``G v_read sigma_g sqrt(sum_i sum_k a_k^2 bit_k(x_i))``."""
     hw = table.hardware()
-    wv = table.surface("write_verify").attrs
-    sigma_g = hw.device.read_noise_sigma * (wv["window_high_s"] - wv["window_low_s"])
+    window = table.read_window()
+    sigma_g = 0.02 * (window[1] - window[0])  # SurrogateConfig's default
     gain = hw.tia.r_feedback_ohm * hw.tia.open_loop_gain / (1 + hw.tia.open_loop_gain)
     bits = (x.astype(np.int64)[:, None] >> np.arange(hw.drive.input_bits)) & 1
     return gain * hw.drive.v_read_v * sigma_g * float(np.sqrt(np.sum(bits * s.plane_weights ** 2)))

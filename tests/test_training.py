@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from calibration.store import open_table
+from netlists.config import SurrogateConfig
 from netlists.errors import ConfigError
 from training.analog import (AnalogChip, AnalogConv2d, AnalogLinear, analog_layers,
                              from_digital)
@@ -461,3 +462,35 @@ def test_training_step_on_cuda(table):
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
     assert next(model.parameters()).is_cuda
+
+
+def test_the_surrogate_block_sets_verify_noise_and_travels_in_the_checkpoint(table, digits,
+                                                                            tmp_path):
+    w = torch.randn(6, 8) * 0.3
+
+    def written(config):
+        chip = AnalogChip(table, seed=3, read_noise=True, config=config)
+        layer = AnalogLinear(8, 6, chip=chip, weight=w).tiles
+        return chip, layer.conductances()
+
+    ideal_chip, ideal = written(SurrogateConfig())
+    noisy_chip, noisy = written(SurrogateConfig(verify_reads=1, read_noise=0.05))
+    assert not ideal_chip.verify_noise and noisy_chip.verify_noise
+    assert noisy_chip.programmer.verify_noise_s == pytest.approx(
+        0.05 * (noisy_chip.g_hi - noisy_chip.g_lo))
+    # noisy verify reads end each device farther from its target than ideal ones
+    targets = ideal_chip.g_lo + ideal_chip.programmer.level_spacing_s * torch.round(
+        (ideal - ideal_chip.g_lo) / ideal_chip.programmer.level_spacing_s)
+    assert float((noisy - targets).abs().mean()) > float((ideal - targets).abs().mean())
+    averaged = AnalogChip(table, seed=3, config=SurrogateConfig(verify_reads=4))
+    assert averaged.programmer.verify_noise_s == pytest.approx(
+        averaged.programmer.read_noise_s / 2)
+
+    cfg = _cfg(digits, surrogate=SurrogateConfig(write_threshold=0.1, read_noise=0.01))
+    assert cfg.threshold == 0.1
+    run = train(cfg, out=tmp_path / "run", table=table)
+    saved = load_checkpoint(run.checkpoint)["config"]
+    assert saved["surrogate"]["write_threshold"] == 0.1
+    assert TrainConfig(**saved) == cfg
+    with pytest.raises(TrainingError, match="surrogate"):
+        train(_cfg(digits, epochs=2), out=tmp_path / "run", table=table, resume=True)

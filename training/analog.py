@@ -13,8 +13,9 @@ Mapping a weight matrix ``w`` (out x in) onto tiles of ``R`` rows x ``C`` column
 Input ``i`` drives row ``i mod R`` of tile row ``i div R``; output ``o`` is the differential
 column pair ``(2p, 2p+1)``, ``p = o mod C/2``, of tile column ``o div (C/2)``:
 ``w = w_max (g+ - g-) / (g_hi - g_lo)`` with the idle device of a pair at the floor ``g_lo``
-(the read window's bottom) and ``|w|`` spread over the 128 programmable levels of the
-window: weights take the values ``w_max k / 127``, ``k = -127..127``. Unused rows and
+(the lowest programmable level) and ``|w|`` spread over the ``L`` programmable levels
+``[g_lo, g_hi]`` of the table's hardware (``hw.levels``; 128 on ``chip``): weights take the
+values ``w_max k / (L - 1)``, ``k = -(L - 1)..L - 1``. Unused rows and
 columns of the last tiles hold devices at the floor and get no input. ``w_max`` is fixed
 per layer when it is mapped (the largest ``|w|`` of the digital weights, times
 ``range_margin``).
@@ -61,7 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from calibration.store import Table, open_table
-from netlists.config import HardwareConfig
+from netlists.config import HardwareConfig, SurrogateConfig
 from netlists.errors import CircuitSimError, ConfigError
 from surrogate.normal_stream import NormalStream
 from surrogate.program_model import Devices, ProgrammingModel
@@ -99,13 +100,15 @@ class AnalogChip:
     runs the write-and-verify procedure on the calibrated pulse response for every write;
     ``"statistical"`` draws each write's outcome from ngspice's own write-and-verify runs
     (:class:`StatisticalProgramming`; for models with millions of devices). ``rows`` and
-    ``cols`` override the calibrated tile size (``TileSurrogate``).
+    ``cols`` override the calibrated tile size (``TileSurrogate``). ``config``: read and
+    verify noise (``SurrogateConfig``; default its defaults).
     """
 
     def __init__(self, table: Table | str | Path, *, seed: int = 0,
                  device: torch.device | str | None = None, method: str = "fast",
                  read_noise: bool = True, programming: str = "exact",
-                 rows: int | None = None, cols: int | None = None) -> None:
+                 rows: int | None = None, cols: int | None = None,
+                 config: SurrogateConfig | None = None) -> None:
         if not isinstance(table, Table):
             table = open_table(table)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -118,9 +121,13 @@ class AnalogChip:
         self.seed = seed
         self.read_noise = read_noise
         self.programming = programming
+        self.config = SurrogateConfig() if config is None else config
         self.reader = TileSurrogate(table, device=self.device, method=method, rows=rows,
-                                    cols=cols)
-        self.programmer = ProgrammingModel.from_table(table, device=self.device)
+                                    cols=cols, config=self.config)
+        self.programmer = ProgrammingModel.from_table(table, config=self.config,
+                                                      device=self.device)
+        #: verify reads carry noise (the mean of ``config.verify_reads`` noisy reads)
+        self.verify_noise = read_noise and self.config.verify_reads > 0
         self.statistical = StatisticalProgramming(table, self.programmer) \
             if programming == "statistical" else None
         self.generator = torch.Generator(self.device).manual_seed(seed)
@@ -128,7 +135,7 @@ class AnalogChip:
         noise_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
         self.noise = NormalStream(noise_seed, device=self.device)
         self.hw: HardwareConfig = self.reader.hw
-        self.g_lo, self.g_hi = (float(v) for v in self.programmer.window_s)
+        self.g_lo, self.g_hi = (float(v) for v in self.programmer.level_window_s)
         self.levels = int(self.programmer.levels)
         hw = self.hw
         self.rows, self.cols = hw.array.rows, hw.array.cols
@@ -149,7 +156,7 @@ class AnalogChip:
     def describe(self) -> dict[str, Any]:
         return {"table": str(self.table.path), "content_hash": self.table.attrs.get(
             "content_hash"), "rows": self.rows, "cols": self.cols, "seed": self.seed,
-            "levels": self.levels}
+            "levels": self.levels, "surrogate": self.config.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -518,7 +525,8 @@ def program_plans(plans: list[ProgramPlan], *, count: bool = True) -> list[Write
             # the pulse loop runs on one core: the next reads' noise is made on the other
             chip.noise.prefetch()
             res = chip.programmer.program(targets, Devices(kd=kd, wd=wd), state=state,
-                                          generator=chip.generator, read_noise=False)
+                                          generator=chip.generator,
+                                          read_noise=chip.verify_noise)
         start = 0
         for i, p in zip(idx, parts):
             n = p.levels.numel()

@@ -28,7 +28,7 @@ from training.errors import TrainingError
 
 __all__ = ["CHECKPOINT_FORMAT", "write_checkpoint", "read_checkpoint"]
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 _PREFIX = f"circuitsim-checkpoint {CHECKPOINT_FORMAT} sha256:".encode("ascii")
 _MAGIC = b"circuitsim-checkpoint "
 _DIGITS = 64

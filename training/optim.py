@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from netlists.config import SurrogateConfig
 from netlists.errors import ConfigError
 from training.analog import AnalogTiles, NonFiniteValues, analog_layers, program_plans
 
@@ -44,13 +45,12 @@ class MixedPrecisionOptimizer:
     """Wraps ``optimizer`` (over ``model``'s parameters) for the analog weights of ``model``."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *,
-                 mode: str = "mixed", threshold: float = 1.0 / 15.0) -> None:
+                 mode: str = "mixed",
+                 threshold: float = SurrogateConfig.write_threshold) -> None:
         if mode not in MODES:
             raise ConfigError(f"mode = {mode!r} is not allowed: choose one of {list(MODES)}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-                or not 0.0 < threshold <= 1.0:
-            raise ConfigError(f"threshold = {threshold!r} is out of range: allowed (0, 1], a "
-                              "fraction of the weight range")
+        # checked where every write threshold is: SurrogateConfig.write_threshold
+        threshold = SurrogateConfig(write_threshold=threshold).write_threshold
         self.model = model
         self.optimizer = optimizer
         self.mode = mode

@@ -51,13 +51,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Mapping, TextIO
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from calibration.store import Table, open_table
+from netlists.config import SurrogateConfig
 from netlists.errors import ConfigError
 from netlists.files import check_writable_folder
 from training.analog import PROGRAMMING, AnalogChip, NonFiniteValues, analog_layers, from_digital
@@ -87,15 +88,21 @@ class TrainConfig:
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    threshold: float = 1.0 / 15.0
     seed: int = 0
     chip_seed: int = 0
     range_margin: float = 3.0
     read_noise: bool = True
     programming: str = "exact"
     test_size: int | None = None
+    #: read and verify noise, write threshold (``[surrogate]`` of a configuration file)
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.surrogate, Mapping):
+            object.__setattr__(self, "surrogate", SurrogateConfig.from_dict(self.surrogate))
+        if not isinstance(self.surrogate, SurrogateConfig):
+            raise ConfigError(f"surrogate = {self.surrogate!r} must be a SurrogateConfig",
+                              field="surrogate")
         if self.model not in MODEL_NAMES:
             raise ConfigError(f"unknown model {self.model!r}: choose one of {list(MODEL_NAMES)}",
                               field="model")
@@ -117,7 +124,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} = {value!r} must be a whole number >= 0")
         for name, lo, hi in (("lr", 0.0, 10.0), ("weight_decay", -1e-12, 1.0),
-                             ("threshold", 0.0, 1.0), ("range_margin", 0.0, 100.0)):
+                             ("range_margin", 0.0, 100.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not math.isfinite(value) or not lo < value <= hi:
@@ -127,6 +134,11 @@ class TrainConfig:
     @property
     def analog(self) -> bool:
         return self.mode != "float"
+
+    @property
+    def threshold(self) -> float:
+        """The mixed-precision write threshold, fraction of the weight range."""
+        return self.surrogate.write_threshold
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -237,7 +249,7 @@ def accuracy(model: nn.Module, split: Any, *, batch_size: int = 256,
 def _chip(cfg: TrainConfig, table: Table, seed: int, device: torch.device,
           read_noise: bool) -> AnalogChip:
     return AnalogChip(table, seed=seed, device=device, read_noise=read_noise,
-                      programming=cfg.programming)
+                      programming=cfg.programming, config=cfg.surrogate)
 
 
 def _build(cfg: TrainConfig, data: Dataset, device: torch.device, table: Table | None

@@ -80,8 +80,8 @@ class ArrayGrid:
 
     ``train_tiles`` random maps fit the coefficients; ``held_out_tiles`` other random maps
     only validate them; ``extreme_tiles`` adds an all-top and an all-floor map to each set.
-    ``planes_per_tile`` bit-planes per map (1 to all rows active), ``levels`` programmable
-    levels over the read window, ``iterations`` Jacobi steps of the representation,
+    ``planes_per_tile`` bit-planes per map (1 to all rows active; the maps hold the
+    programmable levels ``hw.levels``), ``iterations`` Jacobi steps of the representation,
     ``seed`` the random draws.
     """
 
@@ -89,7 +89,6 @@ class ArrayGrid:
     held_out_tiles: int = 4
     extreme_tiles: bool = True
     planes_per_tile: int = 16
-    levels: int = 128
     iterations: int = 8
     seed: int = 0
 
@@ -100,7 +99,6 @@ class ArrayGrid:
             raise ConfigError(f"array grid: extreme_tiles = {self.extreme_tiles!r} must be "
                               "true or false")
         _whole("planes_per_tile", self.planes_per_tile, 2, 10000)
-        _whole("levels", self.levels, 2, 4096)
         _whole("iterations", self.iterations, 1, 200)
         _whole("seed", self.seed, 0, 2 ** 32 - 1)
 
@@ -152,7 +150,7 @@ class ArraySurface:
                 + [("held_out", "random")] * grid.held_out_tiles
                 + [("held_out", k) for k in extremes])
         return [{"tile": t, "split": split, "kind": kind, "seed": grid.seed,
-                 "planes": grid.planes_per_tile, "levels": grid.levels}
+                 "planes": grid.planes_per_tile, "levels": hw.levels.count}
                 for t, (split, kind) in enumerate(plan)]
 
     def solve(self, hw: HardwareConfig, grid: ArrayGrid, point: Mapping[str, Any],
@@ -163,7 +161,7 @@ class ArraySurface:
         if kind not in TILE_KINDS:
             raise ConfigError(f"array point: kind {kind!r} must be one of {list(TILE_KINDS)}")
         rng = np.random.default_rng([int(point["seed"]), int(point["tile"])])
-        level_n, level_g = level_table(hw, runner, int(point["levels"]))
+        level_n, level_g = level_table(hw, runner)
         if kind == "random":
             pick = rng.integers(0, len(level_n), size=(rows, cols))
         else:

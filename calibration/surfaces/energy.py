@@ -82,14 +82,13 @@ class EnergyGrid:
     """What the ``energy`` surface solves.
 
     ``vmm_tiles``: one VMM case per entry, the kind of conductance map (``random`` levels,
-    every cell on the ``top`` level or on the ``floor``), each with random 8-bit inputs;
-    ``levels`` programmable levels; ``pulse_amplitudes_v`` (increasing, V) for both SET and
+    every cell on the ``top`` level or on the ``floor``; the levels are ``hw.levels``), each
+    with random 8-bit inputs; ``pulse_amplitudes_v`` (increasing, V) for both SET and
     RESET; ``pulse_initial_fractions``: initial states as fractions of ``[n_min, n_max]``
     (increasing, in [0, 1]); ``seed`` the random draws.
     """
 
     vmm_tiles: tuple[str, ...] = ("random", "random", "top")
-    levels: int = 128
     pulse_amplitudes_v: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0)
     pulse_initial_fractions: tuple[float, ...] = (0.0, 0.5, 1.0)
     seed: int = 0
@@ -108,12 +107,10 @@ class EnergyGrid:
         if any(f < 0 or f > 1 for f in fracs) or any(b <= a for a, b in zip(fracs, fracs[1:])):
             raise ConfigError(f"energy grid: pulse_initial_fractions = {list(fracs)!r} must "
                               "be increasing, each in [0, 1]")
-        for name, value, lo, hi in (("levels", self.levels, 2, 4096),
-                                    ("seed", self.seed, 0, 2 ** 32 - 1)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-                    or not lo <= value <= hi:
-                raise ConfigError(f"energy grid: {name} = {value!r} is out of range: allowed "
-                                  f"a whole number in [{lo}, {hi}]")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
+                or not 0 <= self.seed <= 2 ** 32 - 1:
+            raise ConfigError(f"energy grid: seed = {self.seed!r} is out of range: allowed "
+                              f"a whole number in [0, {2 ** 32 - 1}]")
         # Lists (a grid read back from JSON) become tuples: the grid stays hashable.
         object.__setattr__(self, "vmm_tiles", tiles)
         object.__setattr__(self, "pulse_amplitudes_v", amps)
@@ -158,7 +155,8 @@ class EnergySurface:
                               f"{grid.pulse_amplitudes_v[-1]!r} V exceed the device model's "
                               f"validity, device.v_valid_max_v = {vmax!r} V")
         pts: list[dict[str, Any]] = [
-            {"kind": "vmm", "case": c, "tile": tile, "seed": grid.seed, "levels": grid.levels}
+            {"kind": "vmm", "case": c, "tile": tile, "seed": grid.seed,
+             "levels": hw.levels.count}
             for c, tile in enumerate(grid.vmm_tiles)]
         pts += [{"kind": "pulse", "polarity": pol, "amplitude_v": amp,
                  "initial_fractions": list(grid.pulse_initial_fractions)}
@@ -183,7 +181,7 @@ class EnergySurface:
         if tile not in TILE_KINDS:
             raise ConfigError(f"energy point: tile {tile!r} must be one of {list(TILE_KINDS)}")
         rng = np.random.default_rng([int(point["seed"]), int(point["case"])])
-        level_n, level_g = level_table(hw, runner, int(point["levels"]))
+        level_n, level_g = level_table(hw, runner)
         if tile == "random":
             pick = rng.integers(0, len(level_n), size=(rows, cols))
         else:

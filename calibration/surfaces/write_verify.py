@@ -7,10 +7,11 @@ module's docstring), every step solved in ngspice. Stored: the conductance each 
 and how many pulses it took, and their statistics per target. This is the programming error
 and the write cost that training uses.
 
-Targets are levels of an ``n_levels`` grid (default 128) spread evenly over the nominal
-cell's read window ``[g(n_min), g(n_max)]`` (1T1R read at ``drive.v_read_v``, solved in
-ngspice by each job: an ``.op`` of two cells); the tolerance is ``tolerance_levels`` level
-spacings (default 0.5, the paper's "program error 0.5 level"). Cells start at their own
+Targets are programmable levels (``hw.levels``: ``count`` levels evenly over their window
+inside the nominal cell's read window ``[g(n_min), g(n_max)]``, 1T1R read at
+``drive.v_read_v``, solved in ngspice by each job: an ``.op`` of two cells); the tolerance
+is ``write_verify.tolerance_levels`` level spacings (default 0.5, the paper's "program
+error 0.5 level"). Cells start at their own
 floor (``n_min x wd``, the state a full RESET leaves), so the reset-to-floor phase costs no
 pulses here (from an arbitrary state it would: a 3 V RESET moves this device by at most
 ~0.1 uS per pulse).
@@ -22,7 +23,7 @@ depend on how cells are grouped into jobs.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -52,75 +53,62 @@ def _whole(field_name: str, value: Any, lo: int, hi: int | None = None) -> int:
     return int(value)
 
 
-def _number(field_name: str, value: Any, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-            or not math.isfinite(value) or not lo < value <= hi:
-        raise ConfigError(f"{_NAME}.{field_name} = {value!r} is out of range: allowed "
-                          f"({lo:g}, {hi:g}]")
-    return float(value)
-
-
 @dataclass(frozen=True)
 class WriteVerifyGrid:
     """Sweep grid of the ``write_verify`` surface (defaults: the ``chip`` preset).
 
-    ``target_levels``: target levels, indices into ``n_levels`` levels spread evenly over
-    the cell's read window (strictly increasing, at least 2). ``repeats``: Monte Carlo cells
-    per target (>= 2). ``tolerance_levels``: accepted |error|, in level spacings.
-    ``max_rounds``: SET+RESET rounds (the paper's training uses 2). ``set_step_v``,
-    ``reset_step_v``: amplitude increment per pulse of the adaptive phases, V.
-    ``max_pulses_per_phase``, ``max_floor_pulses``: pulse caps. ``cells_per_job``: cells
-    programmed together in one job (one ngspice transient per step). ``seed``: of all draws.
+    ``targets``: how many of the programmable levels (``hw.levels``) are targeted, spread
+    evenly over them (every level when there are no more; :meth:`LevelsParams.targets`), or
+    ``target_levels``: the level indices themselves (strictly increasing, at least 2).
+    ``repeats``: Monte Carlo cells per target (>= 2). ``cells_per_job``: cells programmed
+    together in one job (one ngspice transient per step). ``seed``: of all draws. The
+    procedure's tolerance, floor and limits are the hardware's (``hw.write_verify``).
     """
 
-    target_levels: tuple[int, ...] = tuple(4 * k + 2 for k in range(32))
+    targets: int = 32
+    target_levels: tuple[int, ...] = ()
     repeats: int = 8
-    n_levels: int = 128
-    tolerance_levels: float = 0.5
-    max_rounds: int = 2
-    set_step_v: float = 0.05
-    reset_step_v: float = 0.1
-    max_pulses_per_phase: int = 60
-    max_floor_pulses: int = 20
     cells_per_job: int = 32
     seed: int = 0
 
     def __post_init__(self) -> None:
-        n_levels = _whole("n_levels", self.n_levels, 2, 1_000_000)
+        _whole("targets", self.targets, 2, 4096)
         levels = self.target_levels
         try:
             lv = tuple(levels)
         except TypeError:
             raise ConfigError(f"{_NAME}.target_levels = {levels!r} must be a sequence of "
                               "level indices") from None
-        if len(lv) < 2:
-            raise ConfigError(f"{_NAME}.target_levels = {levels!r} has {len(lv)} point(s): a "
-                              "sweep axis needs at least 2")
+        if len(lv) == 1:
+            raise ConfigError(f"{_NAME}.target_levels = {levels!r} has 1 point: a sweep axis "
+                              "needs at least 2")
         for v in lv:
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) \
-                    or not 0 <= v <= n_levels - 1:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise ConfigError(f"{_NAME}.target_levels holds {v!r}: a level index must be "
-                                  f"a whole number in [0, {n_levels - 1}] (n_levels = "
-                                  f"{n_levels})")
+                                  "a whole number >= 0")
         if any(b <= a for a, b in zip(lv, lv[1:])):
             raise ConfigError(f"{_NAME}.target_levels = {levels!r} must be strictly increasing")
         object.__setattr__(self, "target_levels", tuple(int(v) for v in lv))
         _whole("repeats", self.repeats, 2)
-        _number("tolerance_levels", self.tolerance_levels, 0.0, 10.0)
-        _whole("max_rounds", self.max_rounds, 1, 100)
-        _number("set_step_v", self.set_step_v, 0.0, 1.5)
-        _number("reset_step_v", self.reset_step_v, 0.0, 1.5)
-        _whole("max_pulses_per_phase", self.max_pulses_per_phase, 1, 10_000)
-        _whole("max_floor_pulses", self.max_floor_pulses, 0, 10_000)
         _whole("cells_per_job", self.cells_per_job, 1, 10_000)
         _whole("seed", self.seed, 0)
 
+    def levels(self, hw: HardwareConfig) -> tuple[int, ...]:
+        """The targeted level indices among ``hw.levels.count``."""
+        if not self.target_levels:
+            return hw.levels.targets(self.targets)
+        top = hw.levels.count - 1
+        if self.target_levels[-1] > top:
+            raise ConfigError(f"{_NAME}.target_levels holds {self.target_levels[-1]}: a level "
+                              f"index must lie in [0, {top}] (levels.count = "
+                              f"{hw.levels.count})")
+        return self.target_levels
+
 
 _PRESETS = {
-    "tiny": dict(target_levels=tuple(16 * k + 8 for k in range(8)), repeats=2,
-                 cells_per_job=8),
+    "tiny": dict(targets=8, repeats=2, cells_per_job=8),
     "chip": {},
-    "paper-sim": dict(target_levels=tuple(2 * k + 1 for k in range(64))),
+    "paper-sim": dict(targets=64),
 }
 
 
@@ -128,11 +116,9 @@ def _cell_seed(seed: int, level: int, repeat: int) -> int:
     return int(np.random.SeedSequence([seed, level, repeat]).generate_state(1)[0])
 
 
-def _settings(grid: WriteVerifyGrid) -> dict[str, Any]:
-    return dict(max_rounds=grid.max_rounds, n_levels=grid.n_levels,
-                set_step_v=grid.set_step_v, reset_step_v=grid.reset_step_v,
-                max_pulses_per_phase=grid.max_pulses_per_phase,
-                max_floor_pulses=grid.max_floor_pulses)
+def _settings(hw: HardwareConfig) -> dict[str, Any]:
+    """The procedure's settings, recorded with the surface."""
+    return {"n_levels": hw.levels.count, **dataclasses.asdict(hw.write_verify)}
 
 
 _INT_KEYS = ("pulses", "set_pulses", "reset_pulses", "floor_pulses", "rounds", "success")
@@ -147,7 +133,7 @@ class WriteVerifySurface:
 
     def points(self, hw: HardwareConfig, grid: WriteVerifyGrid) -> list[Point]:
         cells = [[t, level, r, _cell_seed(grid.seed, level, r)]
-                 for t, level in enumerate(grid.target_levels) for r in range(grid.repeats)]
+                 for t, level in enumerate(grid.levels(hw)) for r in range(grid.repeats)]
         return [{"cells": cells[k:k + grid.cells_per_job]}
                 for k in range(0, len(cells), grid.cells_per_job)]
 
@@ -155,13 +141,11 @@ class WriteVerifySurface:
               runner: SpiceRunner) -> JobResult:
         cells = [tuple(int(v) for v in c) for c in point["cells"]]
         window = read_window(hw, runner=runner)
-        spacing = (window[1] - window[0]) / (grid.n_levels - 1)
-        targets = np.array([window[0] + level * spacing for _, level, _, _ in cells])
+        targets = hw.levels.conductances(window)[[level for _, level, _, _ in cells]]
         solver = getattr(runner, "solver", None)
         res = write_verify(hw, targets, runner=runner, seed=[c[3] for c in cells],
-                           tolerance_s=grid.tolerance_levels * spacing, window_s=window,
-                           solver=solver if isinstance(solver, SolverConfig) else None,
-                           **_settings(grid))
+                           window_s=window,
+                           solver=solver if isinstance(solver, SolverConfig) else None)
         return {"g_reached": res.g_reached, "state_reached": res.state_reached,
                 "pulses": res.pulses, "set_pulses": res.set_pulses,
                 "reset_pulses": res.reset_pulses, "floor_pulses": res.floor_pulses,
@@ -171,7 +155,8 @@ class WriteVerifySurface:
 
     def assemble(self, hw: HardwareConfig, grid: WriteVerifyGrid, points: Sequence[Point],
                  results: Sequence[JobResult]) -> SurfaceData:
-        n_t, n_r = len(grid.target_levels), grid.repeats
+        levels = np.array(grid.levels(hw))
+        n_t, n_r = levels.size, grid.repeats
         if len(points) != len(results):
             raise SimulatorError(f"{len(results)} job results for {len(points)} points",
                                  netlist=_NAME)
@@ -191,10 +176,9 @@ class WriteVerifySurface:
         window = windows[0]
         if any(not np.allclose(w, window, rtol=1e-9, atol=0) for w in windows):
             raise SimulatorError("jobs measured different read windows", netlist=_NAME)
-        spacing = (window[1] - window[0]) / (grid.n_levels - 1)
-        tol = grid.tolerance_levels * spacing
-        levels = np.array(grid.target_levels)
-        targets = window[0] + levels * spacing
+        spacing = hw.levels.spacing(window)
+        tol = hw.write_verify.tolerance_levels * spacing
+        targets = hw.levels.conductances(window)[levels]
         g = raw["g_reached"]
         err = g - targets[:, None]
         ints = {key: raw[key].astype(np.int64) for key in _INT_KEYS}
@@ -202,7 +186,7 @@ class WriteVerifySurface:
         axes = {
             "target": Array(targets, "S",
                             f"target 1T1R read conductance (read at {hw.drive.v_read_v:g} V): "
-                            f"level target_level of {grid.n_levels} levels over the read window"),
+                            f"level target_level of {hw.levels.count} levels over their window"),
             "repeat": Array(np.arange(n_r, dtype=np.int64), "1",
                             "Monte Carlo repeat (own device-to-device draw, own per-pulse "
                             "cycle-to-cycle draws)"),
@@ -210,7 +194,7 @@ class WriteVerifySurface:
         }
         datasets = {
             "target_level": Array(levels.astype(np.int64), "1",
-                                  f"level index of each target among {grid.n_levels}"),
+                                  f"level index of each target among {hw.levels.count}"),
             "g_reached": Array(g, "S", "read conductance each cell reached (its last verify "
                                        "read)"),
             "pulses": Array(ints["pulses"], "1", "write pulses each cell took (floor + SET + "
@@ -264,7 +248,7 @@ class WriteVerifySurface:
             "pulses_mean_all": float(ints["pulses"].mean()),
             "success_rate_all": float(ints["success"].mean()),
             "spice_runs": int(sum(int(np.asarray(r.get("spice_runs", 0))) for r in results)),
-            **{k: v for k, v in _settings(grid).items()},
+            **_settings(hw),
             "seed": int(grid.seed),
         }
         return SurfaceData(axes=axes, datasets=datasets, dims=dims, attrs=attrs)
