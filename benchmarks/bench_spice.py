@@ -8,8 +8,15 @@ For each tile size it reports, measured in one run on this machine:
 * ``op re-solve`` / ``tran re-solve``: the same with new inputs on an already-loaded circuit
   (``Runner.load`` + ``alter`` + ``run``: saves the parse, not ngspice's set-up).
 
+Then, for the (smaller) tiles of ``--steps-sizes``, the bit-serial transient
+(``circuitsim.tile.solve_tile``) at each transient step of ``--steps-per-bit`` (the step is
+``t_bit_s / steps_per_bit``) and whether the ADC codes are the same at every step; and for
+the tiles of ``--nodeset-sizes``, the operating point with and without the deck's
+``.nodeset`` initial guess of the TIA outputs.
+
 Usage: ``python benchmarks/bench_spice.py [--sizes 16x16,32x32,64x64,128x128,256x64]
-[--json PATH]``. Times are wall seconds, the median of ``--repeat`` solves (default 1 for
+[--steps-sizes 16x16,32x32] [--steps-per-bit 4,20] [--nodeset-sizes 16x16,32x32]
+[--json PATH]`` (an empty list skips that part). Times are wall seconds, the median of ``--repeat`` solves (default 1 for
 the transient, 3 for the others); the machine is shared and noisy, so compare sizes within
 one run.
 """
@@ -25,6 +32,7 @@ import time
 import numpy as np
 
 from circuitsim.runner import Runner, check_ngspice
+from circuitsim.tile import solve_tile
 from netlists.array import _pwl_bits, bit_planes, render_tile_deck, render_tile_op_deck
 from netlists.config import SolverConfig, preset
 
@@ -75,10 +83,50 @@ def bench(rows: int, cols: int, *, runner: Runner, repeat: int) -> dict:
             "op_resolve_s": t_op_re, "tran_s": t_tran, "tran_resolve_s": t_tran_re}
 
 
+def _tile(rows: int, cols: int):
+    hw = preset("chip").replace(array={"rows": rows, "cols": cols})
+    rng = np.random.default_rng(0)
+    states = rng.uniform(hw.device.n_min, hw.device.n_max, (rows, cols))
+    return hw, states, rng.integers(0, 256, rows)
+
+
+def bench_steps(rows: int, cols: int, steps: list[int], *, runner: Runner) -> dict:
+    """The bit-serial transient at each ``steps_per_bit``, and whether the codes agree."""
+    hw, states, x = _tile(rows, cols)
+    seconds, codes = {}, []
+    for k in steps:
+        start = time.perf_counter()
+        res = solve_tile(hw, states, x, runner=runner, solver=SolverConfig(steps_per_bit=k))
+        seconds[k] = time.perf_counter() - start
+        codes.append(res.codes)
+    same = all(np.array_equal(c, codes[0]) for c in codes)
+    return {"tile": f"{rows}x{cols}", "tran_s_by_steps_per_bit": seconds, "same_codes": same}
+
+
+def bench_nodeset(rows: int, cols: int, *, runner: Runner, repeat: int) -> dict:
+    """One operating point with the deck's ``.nodeset`` guess and with it taken out."""
+    hw, states, x = _tile(rows, cols)
+    deck = render_tile_op_deck(hw, states, bit_planes(x, 8)[7] * hw.drive.v_read_v)
+    bare = "\n".join(line for line in deck.splitlines()
+                      if not line.lower().startswith(".nodeset"))
+    if bare == deck:
+        raise RuntimeError("the operating-point deck has no .nodeset line to take out")
+    t_with = median_time(lambda: runner.run(deck, name="bench_nodeset"), repeat)
+    t_without = median_time(lambda: runner.run(bare, name="bench_no_nodeset"), 1)
+    return {"tile": f"{rows}x{cols}", "op_s": t_with, "op_without_nodeset_s": t_without}
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",") if s]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="16x16,32x32,64x64,128x128,256x64")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--steps-sizes", default="16x16,32x32")
+    parser.add_argument("--steps-per-bit", default="4,20")
+    parser.add_argument("--nodeset-sizes", default="16x16,32x32")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     info = check_ngspice()
@@ -87,16 +135,34 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     rows = []
     with Runner() as runner:
-        for size in args.sizes.split(","):
-            r, c = (int(v) for v in size.lower().split("x"))
+        for r, c in _sizes(args.sizes):
             res = bench(r, c, runner=runner, repeat=args.repeat)
             rows.append(res)
             print(f"{res['tile']:>8} {res['render_s']:8.3f} {res['op_s']:8.3f} "
                   f"{res['op_resolve_s']:8.3f} {res['tran_s']:8.2f} {res['tran_resolve_s']:8.2f}",
                   flush=True)
+        steps = [int(k) for k in args.steps_per_bit.split(",") if k]
+        by_steps = []
+        if steps and args.steps_sizes:
+            print("tran by steps_per_bit " + " ".join(f"{k:>8}" for k in steps) + "  same codes")
+        for r, c in _sizes(args.steps_sizes) if steps else []:
+            res = bench_steps(r, c, steps, runner=runner)
+            by_steps.append(res)
+            print(f"{res['tile']:>21} " + " ".join(
+                f"{res['tran_s_by_steps_per_bit'][k]:8.2f}" for k in steps)
+                + f"  {res['same_codes']}", flush=True)
+        nodeset = []
+        if args.nodeset_sizes:
+            print(f"{'tile':>8} {'op':>8} {'op without .nodeset':>20}")
+        for r, c in _sizes(args.nodeset_sizes):
+            res = bench_nodeset(r, c, runner=runner, repeat=args.repeat)
+            nodeset.append(res)
+            print(f"{res['tile']:>8} {res['op_s']:8.3f} {res['op_without_nodeset_s']:20.3f}",
+                  flush=True)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"ngspice": info.version, "results": rows}, fh, indent=2)
+            json.dump({"ngspice": info.version, "results": rows, "steps_per_bit": by_steps,
+                       "nodeset": nodeset}, fh, indent=2)
     return 0
 
 

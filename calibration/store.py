@@ -219,11 +219,6 @@ class FileLock:
         self.report_every_s = float(report_every_s)
         self._fd: int | None = None
 
-    @property
-    def locked(self) -> bool:
-        """Whether this instance holds the lock now."""
-        return self._fd is not None
-
     def acquire(self) -> None:
         """Take the lock (see the class docstring for waiting and timeouts)."""
         if self._fd is not None:

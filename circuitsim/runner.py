@@ -139,7 +139,7 @@ from circuitsim.deck import (
     _SourceLine,
 )
 # Re-exported: callers import what the runner layer offers from this module.
-from circuitsim.discovery import MIN_VERSION, NgspiceInfo, check_ngspice
+from circuitsim.discovery import NgspiceInfo, check_ngspice
 from circuitsim.verdict import _judge, _Outcome
 from netlists.config import SolverConfig
 from netlists.errors import (

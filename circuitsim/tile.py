@@ -15,14 +15,12 @@ Not in the solve: ``ADCParams.noise_v_rms`` (the deck is deterministic; conversi
 belongs to whoever draws samples from these results), and anything time-varying in the
 cells (the RRAM state is frozen: ``rram_frozen``).
 
-Cost (ngspice 46, KLU, shared backend, this project's busy 2-core machine, default chip
-configuration, random states and inputs; ``steps_per_bit`` 20 / 4): 16x16 2.5 / 2.2 s,
-32x32 17.6 / 14.0 s, 64x64 76 / 63 s, the same codes either way. The cells dominate: per
-Newton iteration a cell costs ~3 us of BSIM4 and ~9 us of ``rram_frozen`` (three B-sources
-with exp/pow and a thermal node; a variant at fixed temperature with the barrier
-prefactor as a ``.param`` and the bulk as a resistor halved the 64x64 time), and KLU
-refactorisation of the 64x64 grid adds ~13 ms per iteration. A transient needs ~100
-Newton iterations per input bit (see ``netlists.array.ReadTiming``).
+Cost: the cells dominate. Per Newton iteration each cell evaluates a BSIM4 transistor and
+``rram_frozen`` (three B-sources with exp/pow and a thermal node), the more expensive of the
+two, and KLU refactorises the whole grid; a transient needs ~100 Newton iterations per input
+bit (see ``netlists.array.ReadTiming``), so its time grows with the number of cells and with
+``steps_per_bit``. What a solve takes, and what a finer step changes:
+``benchmarks/bench_spice.py``, figures in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations

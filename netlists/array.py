@@ -394,9 +394,10 @@ def render_tile_op_deck(hw: HardwareConfig, states: object, row_v: object, *,
     for j in range(cols):
         out.append(f"Xtia{j} tin{j} tout{j} {TIA_SUBCKT} vos={fmt(hw.tia.v_offset_v)}")
     # Newton from all-zero node voltages drives the high-gain TIAs into their rails, where
-    # the clamp's slope vanishes, and every stepping method fails (measured: 100 s before
-    # ngspice's transient-op fallback on 64x64). An initial guess of each output from the
-    # ideal column current converges in ~7 iterations. It only seeds the iteration.
+    # the clamp's slope vanishes, and every stepping method fails until ngspice's
+    # transient-op fallback (what that costs: benchmarks/bench_spice.py, "op without
+    # .nodeset"). An initial guess of each output from the ideal column current converges
+    # in a few iterations. It only seeds the iteration.
     guess = -hw.tia.r_feedback_ohm * (v @ small_signal_conductance(hw.device, n))
     guess = np.clip(guess, hw.tia.v_rail_low_v, hw.tia.v_rail_high_v)
     for j0 in range(0, cols, 8):

@@ -1,8 +1,8 @@
 """A stream of standard normal draws, generated ahead of use on a second CPU core.
 
 Drawing read noise costs an analog forward on the CPU more than anything else it does: a
-training step of LeNet draws some 900,000 normals, about 4 ms of one core (torch's CPU
-generator is serial).
+training step of LeNet draws some 900,000 normals, on one core (torch's CPU generator is
+serial; what they cost: ``benchmarks/bench_noise.py``, figures in ``benchmarks/README.md``).
 The draws do not depend on anything the read computes, so they can be made while that
 core's partner has nothing to do, e.g. during the write-and-verify pulse loop, which runs
 on one core.

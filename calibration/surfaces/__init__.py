@@ -6,7 +6,7 @@ import importlib
 
 from netlists.errors import ConfigError
 
-__all__ = ["SURFACE_NAMES", "get_surface", "all_surfaces"]
+__all__ = ["SURFACE_NAMES", "get_surface"]
 
 #: Surface name -> module under ``calibration.surfaces`` exposing ``SURFACE``, in the order a
 #: calibration computes and stores them.
@@ -34,7 +34,3 @@ def get_surface(name: str):
         raise ConfigError(f"calibration.surfaces.{module} defines surface {surface.name!r}, "
                           f"expected {name!r}")
     return surface
-
-
-def all_surfaces():
-    return [get_surface(name) for name in SURFACE_NAMES]

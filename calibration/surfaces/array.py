@@ -106,7 +106,8 @@ class ArrayGrid:
 _PRESET_GRIDS = {
     # 14 maps x 16 planes of 8x8: a few seconds.
     "tiny": ArrayGrid(train_tiles=6, held_out_tiles=4, planes_per_tile=16, iterations=6),
-    # 14 maps x 16 planes of 64x64 (~0.6 s per re-solve): ~1.5 minutes on 2 workers.
+    # 14 maps x 16 planes of 64x64, each plane a re-solve of a loaded circuit (its cost:
+    # benchmarks/bench_spice.py, `op re`).
     "chip": ArrayGrid(train_tiles=6, held_out_tiles=4, planes_per_tile=16, iterations=6),
     # 9 maps x 8 planes of 256x64; rho ~ 1 there, so more iterations.
     "paper-sim": ArrayGrid(train_tiles=3, held_out_tiles=2, planes_per_tile=8, iterations=16),

@@ -119,7 +119,8 @@ class EnergyGrid:
 
 _PRESET_GRIDS = {
     "tiny": EnergyGrid(vmm_tiles=("random", "random", "random", "top", "floor")),
-    # A 64x64 bit-serial transient takes ~15 s: three cases.
+    # A 64x64 bit-serial transient is the slowest solve here (benchmarks/bench_spice.py,
+    # `tran`): three cases.
     "chip": EnergyGrid(vmm_tiles=("random", "random", "top")),
     "paper-sim": EnergyGrid(vmm_tiles=("random",)),
 }
