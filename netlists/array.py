@@ -57,7 +57,7 @@ from typing import Sequence
 import numpy as np
 
 from netlists.config import DriveParams, HardwareConfig, SolverConfig
-from netlists.device import device_library, small_signal_conductance
+from netlists.device_model import device_model
 from netlists.errors import ConfigError
 from netlists.periphery import (
     ADC_FRONTEND_SUBCKT,
@@ -296,7 +296,7 @@ def render_tile_deck(hw: HardwareConfig, states: object, x: object, *,
     inl = _per("adc_inl_lsb", adc_inl_lsb, n_adcs(hw), hw.adc.inl_lsb)
 
     out = _header(hw, name)
-    out += ["", device_library(hw.device), nmos_model_card(hw.transistor),
+    out += ["", device_model(hw).library(), nmos_model_card(hw.transistor),
             cell_subckt(hw.transistor, hw.device), tia_subckt(hw.tia),
             adc_frontend_subckt(hw.adc),
             adc_quantizer_subckt(hw.adc)]
@@ -387,7 +387,7 @@ def render_tile_op_deck(hw: HardwareConfig, states: object, row_v: object, *,
                           "(device.v_valid_max_v)")
     out = [f"{name}: {rows}x{cols} 1T1R tile, DC operating point",
            *_header(hw, name)[1:],
-           "", device_library(hw.device), nmos_model_card(hw.transistor),
+           "", device_model(hw).library(), nmos_model_card(hw.transistor),
            cell_subckt(hw.transistor, hw.device), tia_subckt(hw.tia),
            f"Vwl wl 0 DC {fmt(hw.array.v_gate_read_v)}"]
     out += _array_lines(hw, n, [f"Vrow{i} in{i} 0 DC {fmt(float(v[i]))}" for i in range(rows)])
@@ -397,7 +397,7 @@ def render_tile_op_deck(hw: HardwareConfig, states: object, row_v: object, *,
     # the clamp's slope vanishes, and every stepping method fails (measured: 100 s before
     # ngspice's transient-op fallback on 64x64). An initial guess of each output from the
     # ideal column current converges in ~7 iterations. It only seeds the iteration.
-    guess = -hw.tia.r_feedback_ohm * (v @ small_signal_conductance(hw.device, n))
+    guess = -hw.tia.r_feedback_ohm * (v @ device_model(hw).small_signal_conductance(n))
     guess = np.clip(guess, hw.tia.v_rail_low_v, hw.tia.v_rail_high_v)
     for j0 in range(0, cols, 8):
         out.append(".nodeset " + " ".join(
@@ -429,7 +429,7 @@ def render_cell_read_deck(hw: HardwareConfig, n_values: object, *,
     if not np.all(np.isfinite(n)) or np.any((n < lo) | (n > hi)):
         raise ConfigError(f"n_values must lie in [device.n_min, device.n_max] = [{lo!r}, {hi!r}]")
     out = [f"{name}: {n.size} isolated 1T1R cells read at {fmt(hw.drive.v_read_v)} V",
-           ".options klu", "", device_library(hw.device), nmos_model_card(hw.transistor),
+           ".options klu", "", device_model(hw).library(), nmos_model_card(hw.transistor),
            cell_subckt(hw.transistor, hw.device),
            f"Vwl wl 0 DC {fmt(hw.array.v_gate_read_v)}"]
     for k, nk in enumerate(n):

@@ -58,7 +58,7 @@ import numpy as np
 
 from netlists.array import ReadTiming
 from netlists.config import HardwareConfig
-from netlists.device import device_library
+from netlists.device_model import device_model
 from netlists.errors import ConfigError
 from netlists.periphery import (
     ADC_FRONTEND_SUBCKT,
@@ -200,7 +200,7 @@ def render_cell_sweep_deck(hw: HardwareConfig, states: Sequence[float], v_gate_v
            f"cell voltage swept {fmt(float(v_lo))} .. {fmt(float(v_hi))} V in {n_v} points",
            "* Rendered by netlists.calibration_decks.render_cell_sweep_deck: every cell from the",
            "* swept row node to its own grounded column node; i(vcol<k>) is its current.",
-           ".options klu", "", device_library(hw.device), nmos_model_card(hw.transistor),
+           ".options klu", "", device_model(hw).library(), nmos_model_card(hw.transistor),
            cell_subckt(hw.transistor, hw.device),
            f"Vwl wl 0 DC {fmt(float(v_gate_v))}"]
     for k, nk in enumerate(n):
