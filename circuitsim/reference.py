@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from netlists.config import DeviceParams
-from netlists.device_model import DEFAULT_DEVICE_MODEL, DEVICE_MODELS, DeviceModelInterface
+from netlists.device_model import DeviceModelInterface, device_model
 from netlists.errors import ConfigError
 
 __all__ = ["DeviceModel", "Transient"]
@@ -38,7 +38,7 @@ class DeviceModel:
 
     def __init__(self, model: DeviceParams | DeviceModelInterface) -> None:
         if isinstance(model, DeviceParams):
-            model = DEVICE_MODELS[DEFAULT_DEVICE_MODEL](model)
+            model = device_model(model)
         self.model = model
         self.p = model.params
 

@@ -112,11 +112,13 @@ DEVICE_MODELS: dict[str, Callable[[DeviceParams], DeviceModelInterface]] = {
 DEFAULT_DEVICE_MODEL = "bulk_switching"
 
 
-def device_model(hw: HardwareConfig, name: str = DEFAULT_DEVICE_MODEL) -> DeviceModelInterface:
-    """The device model of ``hw`` (``name`` picks one of :data:`DEVICE_MODELS`)."""
+def device_model(hw: HardwareConfig | DeviceParams, name: str = DEFAULT_DEVICE_MODEL
+                 ) -> DeviceModelInterface:
+    """The device model of ``hw`` (or of a ``device`` block); ``name`` picks one of
+    :data:`DEVICE_MODELS`."""
     try:
         factory = DEVICE_MODELS[name]
     except KeyError:
         raise ConfigError(f"unknown device model {name!r}: choose from "
                           f"{sorted(DEVICE_MODELS)}") from None
-    return factory(hw.device)
+    return factory(hw if isinstance(hw, DeviceParams) else hw.device)
