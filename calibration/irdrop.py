@@ -68,6 +68,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from netlists.adc_model import adc_model
 from netlists.config import HardwareConfig
 from netlists.errors import ConfigError
 
@@ -338,7 +339,7 @@ def lsb_current_a(hw: HardwareConfig) -> float:
     ``D = sum_k 2^(k - bits) V_k`` by at most ``e``: per-plane errors in LSB bound the code
     error.
     """
-    return hw.adc.v_full_scale_v / 2 ** hw.adc.bits / hw.tia.r_feedback_ohm
+    return adc_model(hw).lsb_v / hw.tia.r_feedback_ohm
 
 
 def error_lsb(model_a: np.ndarray, reference_a: np.ndarray, hw: HardwareConfig) -> np.ndarray:

@@ -7,11 +7,14 @@ reads the cell's conductance after every pulse.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
 import numpy as np
 
 from circuitsim.interfaces import SpiceRunner
 from netlists.config import HardwareConfig, SolverConfig
+from netlists.device_model import Variation, device_model
+from netlists.device_model import draw_variation as _draw_model_variation
 from netlists.errors import ConfigError, SimulatorError
 from netlists.programming import Pulse, render_pulse_deck
 
@@ -19,25 +22,12 @@ __all__ = ["PulseResult", "Variation", "draw_variation", "simulate_pulses",
            "simulate_schedule", "state_for_cell_conductance", "cell_conductance_curve"]
 
 
-@dataclass(frozen=True)
-class Variation:
-    """Device-to-device multipliers of one device and its per-pulse cycle-to-cycle draws."""
-
-    kd: float = 1.0
-    wd: float = 1.0
-    kc: np.ndarray = field(default_factory=lambda: np.ones(0))
-
-
 def draw_variation(hw: HardwareConfig, n_pulses: int, seed: int | None) -> Variation:
-    """Log-normal draws from the device's sigmas; ``seed=None`` gives the nominal device."""
-    d = hw.device
+    """The device model's draws (``kd``, ``wd``, then one ``kc`` per pulse) from
+    ``default_rng(seed)``; ``seed=None`` gives the nominal device."""
     if seed is None:
         return Variation(kc=np.ones(n_pulses))
-    rng = np.random.default_rng(seed)
-    kd = float(np.exp(d.d2d_rate_sigma * rng.standard_normal()))
-    wd = float(np.exp(d.d2d_window_sigma * rng.standard_normal()))
-    kc = np.exp(d.c2c_sigma * rng.standard_normal(n_pulses))
-    return Variation(kd=kd, wd=wd, kc=kc)
+    return _draw_model_variation(device_model(hw), np.random.default_rng(seed), n_pulses)
 
 
 @dataclass(frozen=True)
@@ -116,10 +106,11 @@ def simulate_schedule(hw: HardwareConfig, pulses: tuple[Pulse, ...], *, runner: 
     """
     drv = hw.drive
     var = draw_variation(hw, len(pulses), seed)
+    n_lo, n_hi = device_model(hw).window(var.wd)
     if n0 is not None:
         n0 = float(n0)
     elif initial_us is None:
-        n0 = hw.device.n_min * var.wd
+        n0 = n_lo
     else:
         try:
             n0 = float(state_for_cell_conductance(hw, np.array(initial_us, float) * 1e-6,
@@ -127,7 +118,7 @@ def simulate_schedule(hw: HardwareConfig, pulses: tuple[Pulse, ...], *, runner: 
         except (ConfigError, TypeError, ValueError) as err:
             raise ConfigError(f"initial_us = {initial_us!r} uS: {err}",
                               field="initial_us") from None
-        n0 = float(np.clip(n0 * var.wd, hw.device.n_min * var.wd, hw.device.n_max * var.wd))
+        n0 = float(np.clip(n0 * var.wd, n_lo, n_hi))
     deck = render_pulse_deck(hw, pulses, n0=n0, kc=var.kc, kd=var.kd, wd=var.wd,
                              solver=solver, name="pulses")
     result = runner.run(deck.text, name="pulses")

@@ -8,8 +8,8 @@ voltages and the TIA output sampled at the end of every input bit.
 ``ideal_accumulated_v`` / ``ideal_codes`` are the reference: a linear crossbar with
 conductances ``g`` (no wires, no driver resistance, perfect virtual ground, no rails), the same
 binary-weighted multi-cycle accumulation and the same quantizer without offset or INL.
-``quantize`` is the ADC transfer function shared by the reference and documented to equal the
-deck's quantizer expression (``netlists.periphery.adc_quantizer_subckt``; a test checks it).
+``quantize`` is the ADC model's transfer function (``netlists.adc_model``), documented to equal
+the deck's quantizer expression (``netlists.periphery.adc_quantizer_subckt``; a test checks it).
 
 Not in the solve: ``ADCParams.noise_v_rms`` (the deck is deterministic; conversion noise
 belongs to whoever draws samples from these results), and anything time-varying in the
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from circuitsim.interfaces import SpiceRunner
+from netlists.adc_model import adc_model
 from netlists.array import (
     check_inputs,
     read_timing,
@@ -134,19 +135,9 @@ def _vector(result: SimResult, key: str, name: str) -> np.ndarray:
 
 def quantize(adc: ADCParams, d_v: object, *, offset_v: object = 0.0,
              inl_lsb: object = 0.0) -> np.ndarray:
-    """ADC transfer: ``clip(floor(D/LSB + 0.5 + offset/LSB + INL(D)), 0, 2^bits - 1)``.
-
-    ``LSB = v_full_scale_v / 2^bits``; ``INL(D) = inl_lsb * 4 u (1 - u)`` with
-    ``u = clip(D / v_full_scale_v, 0, 1)``: a bow, zero at both ends, ``inl_lsb`` at
-    mid-scale. The same expression as the deck's quantizer B-source. Returns int64.
-    """
-    d = np.asarray(d_v, dtype=float)
-    levels = 2 ** adc.bits
-    lsb = adc.v_full_scale_v / levels
-    u = np.clip(d / adc.v_full_scale_v, 0.0, 1.0)
-    raw = np.floor(d / lsb + 0.5 + np.asarray(offset_v, dtype=float) / lsb
-                   + np.asarray(inl_lsb, dtype=float) * 4.0 * u * (1.0 - u))
-    return np.clip(raw, 0, levels - 1).astype(np.int64)
+    """int64 codes of accumulated voltages ``d_v``: the ADC model's transfer
+    (``netlists.adc_model``; the same expression as the deck's quantizer)."""
+    return adc_model(adc).quantize(d_v, offset_v=offset_v, inl_lsb=inl_lsb)
 
 
 def ideal_accumulated_v(hw: HardwareConfig, g_siemens: object, x: object) -> np.ndarray:
@@ -163,7 +154,7 @@ def ideal_accumulated_v(hw: HardwareConfig, g_siemens: object, x: object) -> np.
 
 def ideal_codes(hw: HardwareConfig, g_siemens: object, x: object) -> np.ndarray:
     """ADC codes (cols,) of the ideal crossbar: :func:`quantize` without offset or INL."""
-    return quantize(hw.adc, ideal_accumulated_v(hw, g_siemens, x))
+    return adc_model(hw).quantize(ideal_accumulated_v(hw, g_siemens, x))
 
 
 def _check_g(hw: HardwareConfig, g_siemens: object) -> np.ndarray:

@@ -56,17 +56,14 @@ from typing import Sequence
 
 import numpy as np
 
+from netlists.adc_model import adc_model
 from netlists.config import DriveParams, HardwareConfig, SolverConfig
-from netlists.device import device_library, small_signal_conductance
+from netlists.device_model import device_model
 from netlists.errors import ConfigError
 from netlists.periphery import (
-    ADC_FRONTEND_SUBCKT,
-    ADC_QUANTIZER_SUBCKT,
     CELL_SUBCKT,
     CLOCK_HIGH_V,
     TIA_SUBCKT,
-    adc_frontend_subckt,
-    adc_quantizer_subckt,
     cell_subckt,
     fmt,
     nmos_model_card,
@@ -294,12 +291,13 @@ def render_tile_deck(hw: HardwareConfig, states: object, x: object, *,
     group = adc_group_of_column(hw)
     voff = _per("adc_offset_v", adc_offset_v, n_adcs(hw), hw.adc.comparator_offset_v)
     inl = _per("adc_inl_lsb", adc_inl_lsb, n_adcs(hw), hw.adc.inl_lsb)
+    adc = adc_model(hw)
 
     out = _header(hw, name)
-    out += ["", device_library(hw.device), nmos_model_card(hw.transistor),
+    out += ["", device_model(hw).library(), nmos_model_card(hw.transistor),
             cell_subckt(hw.transistor, hw.device), tia_subckt(hw.tia),
-            adc_frontend_subckt(hw.adc),
-            adc_quantizer_subckt(hw.adc)]
+            adc.frontend_subckt(),
+            adc.quantizer_subckt()]
 
     out.append("* Word line: all gates at the read gate voltage.")
     out.append(f"Vwl wl 0 DC {fmt(hw.array.v_gate_read_v)}")
@@ -320,9 +318,9 @@ def render_tile_deck(hw: HardwareConfig, states: object, x: object, *,
     for j in range(cols):
         g = int(group[j])
         out.append(f"Xtia{j} tin{j} tout{j} {TIA_SUBCKT} vos={fmt(float(vos[j]))}")
-        out.append(f"Xadc{j} tout{j} acc{j} phi1 phi2 phir {ADC_FRONTEND_SUBCKT}")
-        out.append(f"Xq{j} acc{j} code{j} {ADC_QUANTIZER_SUBCKT} voff={fmt(float(voff[g]))} "
-                   f"inl={fmt(float(inl[g]))}")
+        out.append(adc.frontend_instance(f"Xadc{j}", f"tout{j}", f"acc{j}"))
+        out.append(adc.quantizer_instance(f"Xq{j}", f"acc{j}", f"code{j}",
+                                          offset_v=float(voff[g]), inl_lsb=float(inl[g])))
 
     tstep = hw.drive.t_bit_s / solver.steps_per_bit
     out.append("* uic: start from all-zero node voltages, see the module docstring.")
@@ -387,7 +385,7 @@ def render_tile_op_deck(hw: HardwareConfig, states: object, row_v: object, *,
                           "(device.v_valid_max_v)")
     out = [f"{name}: {rows}x{cols} 1T1R tile, DC operating point",
            *_header(hw, name)[1:],
-           "", device_library(hw.device), nmos_model_card(hw.transistor),
+           "", device_model(hw).library(), nmos_model_card(hw.transistor),
            cell_subckt(hw.transistor, hw.device), tia_subckt(hw.tia),
            f"Vwl wl 0 DC {fmt(hw.array.v_gate_read_v)}"]
     out += _array_lines(hw, n, [f"Vrow{i} in{i} 0 DC {fmt(float(v[i]))}" for i in range(rows)])
@@ -398,7 +396,7 @@ def render_tile_op_deck(hw: HardwareConfig, states: object, row_v: object, *,
     # transient-op fallback (what that costs: benchmarks/bench_spice.py, "op without
     # .nodeset"). An initial guess of each output from the ideal column current converges
     # in a few iterations. It only seeds the iteration.
-    guess = -hw.tia.r_feedback_ohm * (v @ small_signal_conductance(hw.device, n))
+    guess = -hw.tia.r_feedback_ohm * (v @ device_model(hw).small_signal_conductance(n))
     guess = np.clip(guess, hw.tia.v_rail_low_v, hw.tia.v_rail_high_v)
     for j0 in range(0, cols, 8):
         out.append(".nodeset " + " ".join(
@@ -430,7 +428,7 @@ def render_cell_read_deck(hw: HardwareConfig, n_values: object, *,
     if not np.all(np.isfinite(n)) or np.any((n < lo) | (n > hi)):
         raise ConfigError(f"n_values must lie in [device.n_min, device.n_max] = [{lo!r}, {hi!r}]")
     out = [f"{name}: {n.size} isolated 1T1R cells read at {fmt(hw.drive.v_read_v)} V",
-           ".options klu", "", device_library(hw.device), nmos_model_card(hw.transistor),
+           ".options klu", "", device_model(hw).library(), nmos_model_card(hw.transistor),
            cell_subckt(hw.transistor, hw.device),
            f"Vwl wl 0 DC {fmt(hw.array.v_gate_read_v)}"]
     for k, nk in enumerate(n):

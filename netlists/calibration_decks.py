@@ -56,17 +56,14 @@ from typing import Sequence
 
 import numpy as np
 
+from netlists.adc_model import adc_model
 from netlists.array import ReadTiming
 from netlists.config import HardwareConfig
-from netlists.device import device_library
+from netlists.device_model import device_model
 from netlists.errors import ConfigError
 from netlists.periphery import (
-    ADC_FRONTEND_SUBCKT,
-    ADC_QUANTIZER_SUBCKT,
     CELL_SUBCKT,
     TIA_SUBCKT,
-    adc_frontend_subckt,
-    adc_quantizer_subckt,
     cell_subckt,
     fmt,
     nmos_model_card,
@@ -200,7 +197,7 @@ def render_cell_sweep_deck(hw: HardwareConfig, states: Sequence[float], v_gate_v
            f"cell voltage swept {fmt(float(v_lo))} .. {fmt(float(v_hi))} V in {n_v} points",
            "* Rendered by netlists.calibration_decks.render_cell_sweep_deck: every cell from the",
            "* swept row node to its own grounded column node; i(vcol<k>) is its current.",
-           ".options klu", "", device_library(hw.device), nmos_model_card(hw.transistor),
+           ".options klu", "", device_model(hw).library(), nmos_model_card(hw.transistor),
            cell_subckt(hw.transistor, hw.device),
            f"Vwl wl 0 DC {fmt(float(v_gate_v))}"]
     for k, nk in enumerate(n):
@@ -303,10 +300,11 @@ def render_adc_weights_deck(hw: HardwareConfig, inputs: np.ndarray, timing: Read
         raise ConfigError("inputs must be finite")
     check_count("steps_per_bit", steps_per_bit, lo=1)
     T, te = timing.t_bit_s, timing.t_edge_s
+    adc = adc_model(hw)
     out = [f"{name}: {v.shape[0]} ADC front-ends clocked as in the tile deck",
            "* Rendered by netlists.calibration_decks.render_adc_weights_deck; vin<j> stands in",
            "* for a TIA output (-V_k during bit k).",
-           ".options klu", "", adc_frontend_subckt(hw.adc),
+           ".options klu", "", adc.frontend_subckt(),
            f"Vphir phir 0 {timing.phir_pwl()}",
            f"Vphi1 phi1 0 {timing.phi1_pwl()}",
            f"Vphi2 phi2 0 {timing.phi2_pwl()}"]
@@ -315,7 +313,7 @@ def render_adc_weights_deck(hw: HardwareConfig, inputs: np.ndarray, timing: Read
             out.append(f"Vin{j} vin{j} 0 DC 0")
         else:
             out.append(f"Vin{j} vin{j} 0 {bit_pulse_pwl(-row, T, te)}")
-        out.append(f"Xadc{j} vin{j} acc{j} phi1 phi2 phir {ADC_FRONTEND_SUBCKT}")
+        out.append(adc.frontend_instance(f"Xadc{j}", f"vin{j}", f"acc{j}"))
     tstep = T / steps_per_bit
     out.append(f".tran {fmt(tstep)} {fmt(timing.t_stop_s)} 0 {fmt(tstep)} uic")
     out += _save_lines([f"v(acc{j})" for j in range(v.shape[0])])
@@ -333,11 +331,12 @@ def render_adc_transfer_deck(hw: HardwareConfig, d_lo: float, d_hi: float, n_d: 
     check_count("n_d", n_d, hi=10_000_000)
     if not (math.isfinite(d_lo) and math.isfinite(d_hi) and d_lo < d_hi):
         raise ConfigError(f"accumulated voltages [{d_lo!r}, {d_hi!r}] V must be increasing")
+    adc = adc_model(hw)
     out = [f"{name}: ADC quantizer, accumulated voltage swept {fmt(float(d_lo))} .. "
            f"{fmt(float(d_hi))} V in {n_d} points",
            "* Rendered by netlists.calibration_decks.render_adc_transfer_deck.",
-           ".options klu", "", adc_quantizer_subckt(hw.adc),
-           f"Xq acc code {ADC_QUANTIZER_SUBCKT}"]
+           ".options klu", "", adc.quantizer_subckt(),
+           adc.quantizer_instance("Xq", "acc", "code")]
     out += _index_sweep("acc", "acclo", float(d_lo), float(d_hi), n_d, current=False)
     out += _save_lines(["v(acc)", "v(code)"])
     out.append(".end")
@@ -367,18 +366,19 @@ def render_adc_noise_deck(hw: HardwareConfig, d_values: Sequence[float], draws: 
         raise ConfigError(f"t_draw_s = {t_draw_s!r} must be a positive time")
     sigma = fmt(hw.adc.noise_v_rms)
     uniform = f"TRRANDOM(1 {fmt(t_draw_s)} 0 0.5 0.5)"
+    adc = adc_model(hw)
     out = [f"{name}: {d.size} noisy ADC conversions, {draws} draws each, seed {seed}",
            "* Rendered by netlists.calibration_decks.render_adc_noise_deck. Vu/Vw: uniform",
            "* draws on [0, 1]; Bn: Box-Muller Gaussian of sigma = adc.noise_v_rms (1 - u keeps",
            "* the logarithm's argument in (0, 1]).",
-           ".options klu", f".option seed={int(seed)}", "", adc_quantizer_subckt(hw.adc)]
+           ".options klu", f".option seed={int(seed)}", "", adc.quantizer_subckt()]
     for k, dk in enumerate(d):
         out.append(f"Vd{k} d{k} 0 DC {fmt(float(dk))}")
         out.append(f"Vu{k} u{k} 0 DC 0 {uniform}")
         out.append(f"Vw{k} w{k} 0 DC 0 {uniform}")
         out.append(f"Bn{k} a{k} d{k} V = {sigma}*sqrt(-2*ln(max(1-v(u{k}),1e-300)))"
                    f"*cos({fmt(2 * math.pi)}*v(w{k}))")
-        out.append(f"Xq{k} a{k} code{k} {ADC_QUANTIZER_SUBCKT}")
+        out.append(adc.quantizer_instance(f"Xq{k}", f"a{k}", f"code{k}"))
     step = t_draw_s / 4
     out.append(f".tran {fmt(step)} {fmt(draws * t_draw_s)} 0 {fmt(step)}")
     out += _save_lines([f"v(a{k})" for k in range(d.size)]

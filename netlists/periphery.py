@@ -48,7 +48,7 @@ __all__ = [
 
 NMOS_MODEL = "nmos_io"
 CELL_SUBCKT = "cell_1t1r"
-RRAM_FROZEN_SUBCKT = "rram_frozen"  # defined by netlists.device.device_library
+RRAM_FROZEN_SUBCKT = "rram_frozen"  # defined by every device model's library()
 TIA_SUBCKT = "tia"
 ADC_FRONTEND_SUBCKT = "adc_sc"
 ADC_QUANTIZER_SUBCKT = "adc_quant"

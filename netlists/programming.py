@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from netlists.config import HardwareConfig, SolverConfig
-from netlists.device import device_library
+from netlists.device_model import device_model
 from netlists.errors import ConfigError
 from netlists.periphery import NMOS_MODEL, fmt, nmos_model_card
 
@@ -85,10 +85,11 @@ def render_pulse_deck(hw: HardwareConfig, pulses: Sequence[Pulse], *, n0: float,
     """
     solver = solver or SolverConfig()
     _check_schedule(hw, pulses)
-    d = hw.device
-    if not (np.isfinite(n0) and d.n_min * wd * (1 - 1e-12) <= n0 <= d.n_max * wd * (1 + 1e-12)):
+    model = device_model(hw)
+    n_lo, n_hi = model.window(wd)
+    if not (np.isfinite(n0) and n_lo * (1 - 1e-12) <= n0 <= n_hi * (1 + 1e-12)):
         raise ConfigError(f"initial state n0 = {n0!r} is outside the device's window "
-                          f"[{d.n_min * wd!r}, {d.n_max * wd!r}]")
+                          f"[{n_lo!r}, {n_hi!r}]")
     kc_values = np.ones(len(pulses)) if kc is None else np.asarray(kc, float)
     if kc_values.shape != (len(pulses),) or np.any(~np.isfinite(kc_values)) \
             or np.any(kc_values <= 0):
@@ -131,7 +132,7 @@ def render_pulse_deck(hw: HardwareConfig, pulses: Sequence[Pulse], *, n0: float,
         ".options klu",
         "* Gear-2: trapezoidal integration rings on the read current (+-0.2% step to step)",
         ".options method=gear maxord=2",
-        device_library(d),
+        model.library(),
         nmos_model_card(hw.transistor),
         f"Vbl bl 0 {pwl(bl)}",
         f"Vwl wl 0 {pwl(wl)}",

@@ -55,7 +55,7 @@ from typing import Sequence
 import numpy as np
 
 from netlists.config import HardwareConfig, SolverConfig
-from netlists.device import device_library
+from netlists.device_model import device_model
 from netlists.errors import ConfigError
 from netlists.periphery import NMOS_MODEL, fmt, nmos_model_card
 from netlists.programming import T_GAP_S
@@ -192,7 +192,7 @@ def render_batch_deck(hw: HardwareConfig, cells: Sequence[BatchCell], *, width_s
         "* transistors' capacitances ring from step to step (+-0.2% of a read current, seen",
         "* on ngspice 46); Gear damps that, so reads are exact to solver tolerance",
         ".options method=gear maxord=2",
-        device_library(hw.device),
+        device_model(hw).library(),
         nmos_model_card(hw.transistor),
         "* drive groups: ideal bit-line / word-line / source-line sources shared by the cells",
         "* that receive the same pulse (kind, amplitude, gate); idle groups are only read",

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from calibration.store import Table
+from netlists.adc_model import adc_model
 from netlists.config import HardwareConfig, SurrogateConfig
 from netlists.errors import ConfigError, TableError
 from surrogate.normal_stream import NormalStream
@@ -310,9 +311,11 @@ class TileSurrogate:
         self._i_scale = gain / abs(s_dc)               # slope |s_dc| x scale = gain
         self._u_table = torch.as_tensor(-v_dc, **kw)
         self.transitions = torch.as_tensor(transitions, **kw)
-        lsb = hw.adc.v_full_scale_v / 2 ** hw.adc.bits
+        adc_ideal = adc_model(hw)
+        lsb = adc_ideal.lsb_v
         self.lsb_v = lsb
-        ideal = (np.arange(1, 2 ** hw.adc.bits) - 0.5) * lsb
+        self.top_code = adc_ideal.top_code
+        ideal = adc_ideal.ideal_transitions_v()
         self._uniform_adc = (transitions.shape == ideal.shape
                              and float(np.max(np.abs(transitions - ideal))) <= 1e-3 * lsb)
         self.read_noise_s = self.config.read_noise_s(hw.levels.window(window), hw.levels.count)
@@ -436,7 +439,7 @@ class TileSurrogate:
                 adc_noise=adc_noise, check=check), dtype=weights.dtype)
         d = self._columns(xt, weights, offset, 1.0 / self.lsb_v, 0.5, generator=generator,
                           read_noise=read_noise, adc_noise=adc_noise, check=check)
-        return d.floor_().clamp_(0, 2 ** self.hw.adc.bits - 1)
+        return d.floor_().clamp_(0, self.top_code)
 
     def _columns(self, xt: torch.Tensor, weights: torch.Tensor, offset: torch.Tensor,
                  scale: float, shift: float, *, generator: Draws | None,
@@ -506,7 +509,7 @@ class TileSurrogate:
         """ADC codes of accumulated voltages ``d``: the number of measured transition levels
         at or below ``d`` (closed form when they are the ideal uniform ones), as ``dtype``
         (int64 by default; a float dtype saves the conversion for digital post-processing)."""
-        top = 2 ** self.hw.adc.bits - 1
+        top = self.top_code
         if self._uniform_adc:
             codes = torch.clamp(torch.floor(d / self.lsb_v + 0.5), 0, top)
         else:

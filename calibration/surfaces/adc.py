@@ -3,8 +3,9 @@
 The accumulated voltage of the front-end is ``D = sum_k w_k V_k + d_offset`` (ideal:
 ``w_k = 2^(k - input_bits)``, no offset), with ``V_k`` the sample of bit ``k`` (minus the TIA
 output at its sample instant); the conversion is ``code = Q(D + noise)``. All three parts are
-measured in SPICE on the project's own blocks (``netlists.periphery.adc_frontend_subckt``,
-``adc_quantizer_subckt``), with the offset and INL of the config (one ADC's).
+measured in SPICE on the ADC model's own blocks (``netlists.adc_model``: for the multi-cycle
+ADC ``netlists.periphery.adc_frontend_subckt``, ``adc_quantizer_subckt``), with the offset and
+INL of the config (one ADC's).
 
 SPICE runs
 ----------
@@ -52,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from calibration.base import Array, SurfaceData, preset_grid, result_vector, steps_per_bit
+from netlists.adc_model import adc_model
 from netlists.array import read_timing
 from netlists.calibration_decks import (
     check_count,
@@ -112,24 +114,21 @@ _PRESET_GRIDS = {
 }
 
 
-def _lsb(hw: HardwareConfig) -> float:
-    return hw.adc.v_full_scale_v / 2 ** hw.adc.bits
-
-
 def d_range(hw: HardwareConfig, grid: ADCGrid) -> tuple[float, float, int]:
     """``(lo, hi, n)`` of the fine ``D`` grid of the transfer sweep.
 
-    Covers ``[min(0, -offset), max(FS, FS - offset)]`` plus ``d_margin_lsb`` LSB each side;
-    every point is half a step away from the ideal (INL-free) code edges
-    ``(c - 1/2) LSB - offset``.
+    Covers the ADC model's ``transfer_span_v`` (for the multi-cycle ADC
+    ``[min(0, -offset), max(FS, FS - offset)]``) plus ``d_margin_lsb`` LSB each side; every
+    point is half a step away from the ideal (INL-free) code edges (``code_edge_v`` plus
+    whole LSBs: ``(c - 1/2) LSB - offset``).
     """
-    lsb = _lsb(hw)
-    off = hw.adc.comparator_offset_v
-    fs = hw.adc.v_full_scale_v
-    lo_need = min(0.0, -off) - grid.d_margin_lsb * lsb
-    hi_need = max(fs, fs - off) + grid.d_margin_lsb * lsb
+    adc = adc_model(hw)
+    lsb = adc.lsb_v
+    span_lo, span_hi = adc.transfer_span_v()
+    lo_need = span_lo - grid.d_margin_lsb * lsb
+    hi_need = span_hi + grid.d_margin_lsb * lsb
     step = lsb / grid.d_points_per_lsb
-    base = -off - 0.5 * lsb  # an ideal code edge
+    base = adc.code_edge_v()
     j_lo = math.floor((lo_need - base) / step)
     j_hi = math.ceil((hi_need - base) / step)
     lo = base + (j_lo + 0.5) * step
@@ -211,7 +210,7 @@ class ADCSurface:
         deck, name = self._deck(hw, grid, point, steps_per_bit(runner))
         result = runner.run(deck, name=name)
         kind = point["kind"]
-        top = 2 ** hw.adc.bits - 1
+        top = adc_model(hw).top_code
         if kind == "weights":
             timing = read_timing(hw.drive)
             t = result_vector(result, "time", name)
@@ -251,9 +250,10 @@ class ADCSurface:
         noise_runs = sorted(((int(p["run"]), r) for p, r in zip(points, results)
                              if p["kind"] == "noise"), key=lambda pr: pr[0])
         bits = hw.drive.input_bits
-        top = 2 ** hw.adc.bits - 1
+        adc = adc_model(hw)
+        top = adc.top_code
         fs = hw.adc.v_full_scale_v
-        lsb = _lsb(hw)
+        lsb = adc.lsb_v
 
         # (a) bit weights and offset
         acc = np.asarray(by_kind["weights"]["acc_v"], dtype=float)

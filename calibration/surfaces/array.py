@@ -50,6 +50,7 @@ from calibration.irdrop import (
     lsb_current_a,
 )
 from circuitsim.tile import level_table
+from netlists.adc_model import adc_model
 from netlists.array import render_cell_read_deck, render_tile_op_deck
 from netlists.config import HardwareConfig
 from netlists.errors import ConfigError, SimulatorError
@@ -333,7 +334,7 @@ class ArraySurface:
             "iterations": k,
             "v_offset_v": vos,
             "lsb_current_a": lsb_a,
-            "lsb_v": hw.adc.v_full_scale_v / 2 ** hw.adc.bits,
+            "lsb_v": adc_model(hw).lsb_v,
             "tia_linear_limit_v": limit,
             "fit_steps": fit.steps,
             "fit_rms_initial_a": fit.rms_initial_a,

@@ -10,7 +10,7 @@ column current a perfect virtual ground would take (what an ideal crossbar compu
 ``r_source_ohm`` is a typical column seen from its TIA: ``rows`` cells in parallel, their
 rows held by low-impedance drivers whether the input bit is 1 or 0, each cell at the middle
 of the device's conductance window, ``1 / (rows * (g(n_min) + g(n_max)) / 2)`` with ``g`` the
-device's small-signal conductance (``netlists.device.small_signal_conductance``). The access
+device model's small-signal conductance (``netlists.device_model``). The access
 transistor (~2 kohm in series with 25-250 kohm) and the column wire are left out of it: they
 change it by < 10%, and it matters only through the noise gain ``1 + R_f / r_source_ohm``
 (closed-loop bandwidth ``GBW / (1 + R_f / r_source_ohm)``, virtual-ground loading).
@@ -62,7 +62,7 @@ from netlists.calibration_decks import (
     render_tia_pulse_deck,
 )
 from netlists.config import HardwareConfig, SolverConfig
-from netlists.device import small_signal_conductance
+from netlists.device_model import device_model
 from netlists.errors import ConfigError, SimulatorError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,7 +108,7 @@ def full_scale_current(hw: HardwareConfig) -> float:
 
 def source_resistance(hw: HardwareConfig) -> float:
     """A typical column seen from its TIA, ohm (see the module docstring)."""
-    g = small_signal_conductance(hw.device, np.array([hw.device.n_min, hw.device.n_max]))
+    g = device_model(hw).small_signal_conductance(np.array([hw.device.n_min, hw.device.n_max]))
     return float(1.0 / (hw.array.rows * 0.5 * (g[0] + g[1])))
 
 
