@@ -146,6 +146,7 @@ from scipy.interpolate import CubicSpline, PchipInterpolator
 
 from circuitsim.write_verify import step_value, whole_number
 from netlists.config import HardwareConfig, SurrogateConfig
+from netlists.device_model import device_model
 from netlists.errors import ConfigError, TableError
 
 __all__ = ["Devices", "ProgramResult", "ProgrammingModel"]
@@ -298,10 +299,7 @@ def _bracket(axis: np.ndarray, value: float, *, log: bool = False) -> tuple[int,
 
 
 def _window_factor(hw: HardwareConfig, polarity: int, u: np.ndarray) -> np.ndarray:
-    d = hw.device
-    if polarity > 0:
-        return np.clip(1.0 - (u / d.n_max) ** d.p_window_set, 0.0, None)
-    return np.clip(1.0 - (d.n_min / u) ** d.p_window_reset, 0.0, None)
+    return device_model(hw).window_factor(polarity, u)
 
 
 def _fill_bounds(values: np.ndarray, inside: np.ndarray, x: np.ndarray, *,
