@@ -3,9 +3,8 @@
 A device model (``netlists.device_model.DeviceModelInterface``; by default the bulk-switching
 compact model of :mod:`netlists.device`, see its docstring) gives the current at a fixed
 temperature and the state's rate; this module adds the self-heating by fixed-point
-iteration, the inversion of a read conductance into a state, and the state equation by an
-adaptive stiff ODE solver. Tests use it to check the SPICE model, and the array command uses
-it to turn a target read conductance into the state that gives it.
+iteration and the state equation by an adaptive stiff ODE solver. Tests use it to check the
+SPICE model.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 from netlists.config import DeviceParams
 from netlists.device_model import DeviceModelInterface, device_model
-from netlists.errors import ConfigError
 
 __all__ = ["DeviceModel", "Transient"]
 
@@ -65,26 +63,6 @@ class DeviceModel:
         i, _ = self.current(v_read, n)
         return i / v_read
 
-    def state_for_conductance(self, g: np.ndarray, v_read: float = 0.1) -> np.ndarray:
-        """The state ``N`` whose read conductance is ``g`` (S); inverse of read_conductance."""
-        g = np.asarray(g, float)
-        n_lo, n_hi = self.model.window()
-        g_lo = float(self.read_conductance(n_lo, v_read))
-        g_hi = float(self.read_conductance(n_hi, v_read))
-        bad = (g < g_lo * (1 - 1e-9)) | (g > g_hi * (1 + 1e-9)) | ~np.isfinite(g)
-        if np.any(bad):
-            raise ConfigError(
-                f"conductance {float(np.ravel(g[bad])[0]) * 1e6:.4g} uS is outside the device's "
-                f"window [{g_lo * 1e6:.4g}, {g_hi * 1e6:.4g}] uS at a {v_read:g} V read")
-        lo = np.full(g.shape, n_lo)
-        hi = np.full(g.shape, n_hi)
-        for _ in range(60):  # bisection on a monotonic function: 2^-60 of the window
-            mid = 0.5 * (lo + hi)
-            above = self.read_conductance(mid, v_read) > g
-            hi = np.where(above, mid, hi)
-            lo = np.where(above, lo, mid)
-        return 0.5 * (lo + hi)
-
     # ---- switching --------------------------------------------------------------------
     def rate(self, v: np.ndarray, n: np.ndarray, i: np.ndarray, temp_k: np.ndarray, *,
              kc: float = 1.0, kd: float = 1.0, wd: float = 1.0) -> np.ndarray:
@@ -97,7 +75,7 @@ class DeviceModel:
 
         Returns the trajectory sampled at ``t_s``. Uses the same thermal RC as the SPICE model.
         """
-        from scipy.integrate import solve_ivp  # deferred: scipy.integrate costs ~0.5 s to import
+        from scipy.integrate import solve_ivp  # deferred: scipy.integrate is slow to import
 
         p = self.p
         c_th = p.tau_th_s / p.r_th_k_w if p.r_th_k_w > 0 else 0.0

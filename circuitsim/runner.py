@@ -30,7 +30,8 @@ Both backends receive the same deck and return the same vector names:
 What the runner adds to the deck (before ``.end``)
 --------------------------------------------------
 * ``.options klu`` unless the deck already names KLU: ngspice 46 still defaults to Sparse
-  1.3, which is ~100x slower on large crossbars.
+  1.3, which falls further behind as the crossbar grows (``benchmarks/bench_spice.py
+  --solver-sizes``, figures in ``benchmarks/README.md``).
 * BSIM3/4 OpenMP off (``set num_threads=1``): ngspice's ``spinit`` sets 8 threads, which are
   erratic and slow on a busy 2-core machine. The shared backend issues the command before
   every load; the batch backend adds a ``.control`` block with it (a ``.control`` block in

@@ -298,7 +298,6 @@ class TileSurrogate:
         self.d_offset_v = d_offset
         levels = np.arange(2 ** bits)
         planes = ((levels[:, None] >> np.arange(bits)) & 1).astype(float)   # (256, bits)
-        self._bits = planes
         kw = {"device": self.device, "dtype": dtype}
         # Per input value: its weight in D (column 0) and in D's read-noise variance (1).
         self.lut2 = torch.as_tensor(np.stack([planes @ a, planes @ (a ** 2)], axis=1), **kw)

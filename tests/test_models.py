@@ -220,8 +220,6 @@ def test_a_second_device_model_plugs_into_decks_reference_and_draws(linear_devic
     n = np.linspace(hw.device.n_min, hw.device.n_max, 5)
     # no self-heating term in this model's current: the reference's read is G n exactly
     np.testing.assert_allclose(ref.read_conductance(n), linear_device.g_per_n * n, rtol=1e-12)
-    np.testing.assert_allclose(ref.state_for_conductance(linear_device.g_per_n * n[1:-1]),
-                               n[1:-1], rtol=1e-9)
     var = draw_variation(hw, 2, seed=3)
     assert var.kd == 1.0 and 0.9 <= var.wd <= 1.1
 
