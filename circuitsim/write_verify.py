@@ -16,63 +16,42 @@ Two layers:
     cell leaves the deck. Device-to-device draws (``kd``, ``wd``) are fixed per cell for the
     whole procedure; the cycle-to-cycle multiplier ``kc`` is drawn afresh for every pulse.
 
-The procedure, per cell (``lo = target - tolerance``, ``hi = target + tolerance``; "pulse"
-means one write pulse of ``drive.t_write_s`` followed by a verify read at ``drive.v_read_v``
-with the read gate ``array.v_gate_read_v``):
+The procedure itself (which pulse next, when a cell is done) is
+:class:`circuitsim.write_policy.WritePolicy`'s, built from ``hw`` unless given; this module
+applies its pulses (``drive.t_write_s`` long, each followed by a verify read at
+``drive.v_read_v`` with the read gate ``array.v_gate_read_v``) in ngspice. Targets outside
+the cell's read window ``[g(n_min), g(n_max)]`` (1T1R read conductances of the nominal device
+solved in ngspice) are rejected.
 
-0. *Verify read* of the starting state (no pulse).
-1. *Reset to floor*: while the read is above ``floor_s`` (default: the bottom of the cell's
-   read window plus one level spacing), RESET pulses at ``drive.v_reset_max_v`` (gate
-   ``drive.v_gate_reset_v``), at most ``max_floor_pulses``.
-2. *Rounds* (at most ``max_rounds``). A round starts with a verify decision: within
-   ``[lo, hi]`` -> done, success.
-
-   * *Adaptive SET* (if below ``lo``): amplitude ``a = drive.v_set_min_v``; repeat: SET pulse
-     at ``a`` (gate ``drive.v_gate_set_v``), verify; if the read is in ``[lo, hi]`` -> done,
-     success; if above ``hi`` (overshoot) -> adaptive RESET of this round; else
-     ``a = min(a + set_step_v, drive.v_set_max_v)``. After ``max_pulses_per_phase`` pulses
-     without reaching ``lo`` the round ends.
-   * *Adaptive RESET* (after an overshoot, or at once if the round starts above ``hi``):
-     ``a = drive.v_reset_min_v``; repeat: RESET pulse at ``a`` (gate ``drive.v_gate_reset_v``),
-     verify; in ``[lo, hi]`` -> done, success; below ``lo`` (undershoot) -> the round ends;
-     else ``a = min(a + reset_step_v, drive.v_reset_max_v)``; at most
-     ``max_pulses_per_phase`` pulses, then the round ends.
-
-   When a round ends without success and ``max_rounds`` rounds have been used, the cell is
-   done without success; its reached conductance is its last verify read.
-
-The default tolerance is half a level spacing of ``n_levels`` (128) levels spread evenly
-over the cell's read window ``[g(n_min), g(n_max)]`` (1T1R read conductances of the nominal
-device solved in ngspice). Targets outside the window are rejected.
-
-Seeds: cell ``k`` gets its own generator (``numpy.random.default_rng(seed_k)``) that draws,
-in this order, ``kd``, ``wd`` and then one ``kc`` per pulse the cell receives: the same
-order as :func:`circuitsim.device.draw_variation`, so replaying a cell's pulse history
-through :func:`circuitsim.device.simulate_schedule` with ``seed=seed_k`` reproduces it. A
-cell's outcome does not depend on which other cells share its decks.
+Seeds: cell ``k`` gets its own generator (``numpy.random.default_rng(seed_k)``) from which
+the device model draws ``kd``, ``wd`` and then one ``kc`` per pulse the cell receives
+(``draw_device``, ``draw_cycle``): the draws of :func:`circuitsim.device.draw_variation`,
+so replaying a cell's pulse history through :func:`circuitsim.device.simulate_schedule`
+with ``seed=seed_k`` reproduces them exactly. A cell's outcome does not depend on which
+other cells share its decks.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 from circuitsim.interfaces import SpiceRunner
+from circuitsim.write_policy import Outcome, Phase, WritePolicy
 from netlists.config import HardwareConfig, SolverConfig
+from netlists.device_model import device_model
 from netlists.errors import ConfigError, SimulatorError
 from netlists.programming_batch import BatchCell, render_batch_deck
 
 __all__ = ["BatchResult", "run_batch", "read_window", "cell_seeds", "WriteVerifyResult",
-           "write_verify", "DEFAULT_LEVELS", "MAX_CELLS_PER_DECK", "whole_number", "step_value"]
+           "write_verify", "MAX_CELLS_PER_DECK"]
 
-#: Level grid that defines the default tolerance (the paper's 128 programmable levels).
-DEFAULT_LEVELS = 128
-#: Cells per transient: beyond ~100 a transient's cost per cell grows (measured on ngspice 46:
-#: 7 ms per cell at 20-100 cells, 15 ms at 400).
+#: Cells per transient. A transient's cost per cell rises with its cells up to about a
+#: hundred and stays flat beyond (``benchmarks/bench_spice.py --batch-cells``, figures in
+#: ``benchmarks/README.md``); a deck of this size keeps a retried solve small.
 MAX_CELLS_PER_DECK = 128
 
 
@@ -186,61 +165,43 @@ class WriteVerifyResult:
     steps: int  # controller steps (each one ngspice transient per deck of cells)
     spice_runs: int
     spice_seconds: float
-    wall_seconds: float
     #: per cell, the pulses applied: (kind, amplitude V) in order
     history: tuple[tuple[tuple[str, float], ...], ...] = field(repr=False, default=())
 
 
-_FLOOR, _SET, _RESET, _DONE = 0, 1, 2, 3
-
-
-def whole_number(label: str, value: object, lo: int = 1) -> int:
-    """``value`` as an int; ConfigError naming ``label`` unless it is a whole number >= ``lo``
-    (the procedure's caps, also checked by ``surrogate.program_model``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ConfigError(f"{label} = {value!r} must be a whole number >= {lo}")
+def _seed(value: object) -> int:
+    """``value`` as an int; ConfigError unless it is a whole number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigError(f"seed = {value!r} must be a whole number >= 0")
     return int(value)
 
 
-def step_value(label: str, value: object, hi: float) -> float:
-    """``value`` as a float; ConfigError naming ``label`` unless it lies in (0, ``hi``]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-            or not math.isfinite(value) or not 0.0 < value <= hi:
-        raise ConfigError(f"{label} = {value!r} is out of range: allowed (0, {hi:g}]")
-    return float(value)
-
-
 def write_verify(hw: HardwareConfig, targets_s: Sequence[float], *, runner: SpiceRunner,
-                 seed: int | Sequence[int], max_rounds: int = 2,
-                 tolerance_s: float | None = None, n_levels: int = DEFAULT_LEVELS,
-                 set_step_v: float = 0.05, reset_step_v: float = 0.1,
-                 max_pulses_per_phase: int = 60, max_floor_pulses: int = 20,
-                 floor_s: float | None = None, start_states: Sequence[float] | None = None,
+                 seed: int | Sequence[int], policy: WritePolicy | None = None,
+                 start_states: Sequence[float] | None = None,
                  window_s: tuple[float, float] | None = None,
                  solver: SolverConfig | None = None,
                  max_cells_per_deck: int = MAX_CELLS_PER_DECK) -> WriteVerifyResult:
     """Program one cell per entry of ``targets_s`` (S) by write-and-verify, all in parallel.
 
-    The procedure is in the module docstring. ``seed`` is one seed (per-cell seeds derived
-    by :func:`cell_seeds`) or one seed per cell. Cells start at their own floor (``n_min x
-    wd``, the state a full RESET leaves) unless ``start_states`` (1e26 m^-3, clipped into each
-    cell's window) is given. ``tolerance_s`` defaults to half a level spacing of ``n_levels``
-    levels over the read window; ``window_s`` (S) is measured in ngspice when not given.
+    ``policy`` (default ``WritePolicy.of(hw)``) decides the pulses and when a cell is done;
+    its tolerance and floor follow from the levels over the read window ``window_s`` (S),
+    measured in ngspice when not given. ``seed`` is one seed (per-cell seeds derived by
+    :func:`cell_seeds`) or one seed per cell. Cells start at their own floor (the lower
+    state bound, which a full RESET leaves) unless ``start_states`` (1e26 m^-3, clipped into
+    each cell's window) is given.
     """
-    t_wall = time.monotonic()
     targets = np.asarray(targets_s, dtype=float).ravel()
     n_cells = targets.size
     if n_cells == 0:
         raise ConfigError("targets_s is empty")
     if not np.all(np.isfinite(targets)):
         raise ConfigError("targets_s must be finite")
-    max_rounds = whole_number("max_rounds", max_rounds)
-    n_levels = whole_number("n_levels", n_levels, 2)
-    max_phase = whole_number("max_pulses_per_phase", max_pulses_per_phase)
-    max_floor = whole_number("max_floor_pulses", max_floor_pulses, 0)
-    set_step = step_value("set_step_v", set_step_v, 5.0)
-    reset_step = step_value("reset_step_v", reset_step_v, 5.0)
-    drv, dev = hw.drive, hw.device
+    policy = WritePolicy.of(hw) if policy is None else policy
+    if not isinstance(policy, WritePolicy):
+        raise ConfigError(f"policy = {policy!r} must be a WritePolicy")
+    drv = hw.drive
+    model = device_model(hw)
 
     if window_s is None:
         window = read_window(hw, runner=runner)
@@ -250,13 +211,7 @@ def write_verify(hw: HardwareConfig, targets_s: Sequence[float], *, runner: Spic
                 and 0 < window[0] < window[1]):
             raise ConfigError(f"window_s = {window_s!r} must be two increasing positive "
                               "conductances, S")
-    spacing = (window[1] - window[0]) / (n_levels - 1)
-    tol = 0.5 * spacing if tolerance_s is None else step_value(
-        "tolerance_s", tolerance_s, window[1] - window[0])
-    floor = window[0] + spacing if floor_s is None else float(floor_s)
-    if not math.isfinite(floor) or floor < window[0]:
-        raise ConfigError(f"floor_s = {floor_s!r} must be a conductance at or above the bottom "
-                          f"of the read window, {window[0]!r} S")
+    tol, floor = policy.thresholds(window)
     outside = (targets < window[0] * (1 - 1e-9)) | (targets > window[1] * (1 + 1e-9))
     if np.any(outside):
         bad = targets[outside][0]
@@ -268,129 +223,67 @@ def write_verify(hw: HardwareConfig, targets_s: Sequence[float], *, runner: Spic
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         seeds = cell_seeds(int(seed), n_cells)
     else:
-        seeds = [whole_number("seed", s, 0) for s in seed]  # type: ignore[union-attr]
+        seeds = [_seed(s) for s in seed]  # type: ignore[union-attr]
         if len(seeds) != n_cells:
             raise ConfigError(f"{len(seeds)} seeds given for {n_cells} targets: give one "
                               "seed, or one per target")
     rngs = [np.random.default_rng(s) for s in seeds]
-    kd = np.array([math.exp(dev.d2d_rate_sigma * r.standard_normal()) for r in rngs])
-    wd = np.array([math.exp(dev.d2d_window_sigma * r.standard_normal()) for r in rngs])
+    kd, wd = np.array([model.draw_device(r) for r in rngs]).T.copy()
+    bottom, top = (np.asarray(b, dtype=float) for b in model.window(wd))
     if start_states is None:
-        n = dev.n_min * wd
+        n = bottom.copy()
     else:
         n = np.asarray(start_states, dtype=float).ravel()
         if n.shape != (n_cells,) or not np.all(np.isfinite(n)):
             raise ConfigError(f"start_states must hold {n_cells} finite states")
-        n = np.clip(n, dev.n_min * wd, dev.n_max * wd)
+        n = np.clip(n, bottom, top)
 
     lo, hi = targets - tol, targets + tol
-    phase = np.full(n_cells, _DONE)
-    amp = np.zeros(n_cells)
+    code = np.full(n_cells, policy.start)
     rounds = np.zeros(n_cells, dtype=int)
-    phase_pulses = np.zeros(n_cells, dtype=int)
-    counts = {k: np.zeros(n_cells, dtype=int) for k in ("set", "reset", "floor")}
+    counts = {phase: np.zeros(n_cells, dtype=int)
+              for phase in (Phase.SET, Phase.RESET, Phase.FLOOR)}
     history: list[list[tuple[str, float]]] = [[] for _ in range(n_cells)]
     spice = {"runs": 0, "seconds": 0.0}
+    g = np.full(n_cells, np.nan)
     steps = 0
-    width = drv.t_write_s
-
-    def step(active: np.ndarray, kinds: list[str | None], amps: np.ndarray) -> np.ndarray:
-        """One pulse (or none) + verify read for ``active`` cells; returns their reads."""
+    while True:
+        active = np.flatnonzero(code != policy.done)
+        if active.size == 0:
+            break
+        # one pulse (or, at START, none) and a verify read for every cell still going
+        pulses = [policy.pulse(int(code[k])) for k in active]
         cells = []
-        for j, k in enumerate(active):
-            kind = kinds[j]
+        for k, pulse in zip(active, pulses):
             kc = 1.0
-            if kind is not None:
-                kc = math.exp(dev.c2c_sigma * rngs[k].standard_normal())
-                history[k].append((kind, float(amps[j])))
-            top = dev.n_max * wd[k]
-            bottom = dev.n_min * wd[k]
-            cells.append(BatchCell(n0=float(min(max(n[k], bottom), top)), kind=kind,
-                                   amplitude_v=float(amps[j]), kc=kc, kd=float(kd[k]),
-                                   wd=float(wd[k])))
-        res = run_batch(hw, cells, width_s=width, runner=runner, read_before=False,
+            if pulse is not None:
+                kc = float(model.draw_cycle(rngs[k], 1)[0])
+                history[k].append((pulse.kind, pulse.amplitude_v))
+            cells.append(BatchCell(n0=float(min(max(n[k], bottom[k]), top[k])),
+                                   kind=None if pulse is None else pulse.kind,
+                                   amplitude_v=0.0 if pulse is None else pulse.amplitude_v,
+                                   kc=kc, kd=float(kd[k]), wd=float(wd[k])))
+        res = run_batch(hw, cells, width_s=drv.t_write_s, runner=runner, read_before=False,
                         solver=solver, name="write_verify",
                         max_cells_per_deck=max_cells_per_deck)
         spice["runs"] += res.runs
         spice["seconds"] += res.seconds
         n[active] = res.state_end
-        return res.g_after
-
-    def start_round(k: int) -> None:
-        if lo[k] <= g[k] <= hi[k]:
-            phase[k] = _DONE
-        elif rounds[k] >= max_rounds:
-            phase[k] = _DONE
-        else:
-            rounds[k] += 1
-            phase_pulses[k] = 0
-            if g[k] < lo[k]:
-                phase[k], amp[k] = _SET, drv.v_set_min_v
-            else:
-                phase[k], amp[k] = _RESET, drv.v_reset_min_v
-
-    # 0. verify read of the starting states
-    everyone = np.arange(n_cells)
-    g = step(everyone, [None] * n_cells, np.zeros(n_cells))
-    steps += 1
-    for k in range(n_cells):
-        if g[k] > floor and max_floor > 0:
-            phase[k] = _FLOOR
-        else:
-            start_round(k)
-
-    while True:
-        active = np.flatnonzero(phase != _DONE)
-        if active.size == 0:
-            break
-        kinds: list[str | None] = []
-        amps = np.empty(active.size)
-        for j, k in enumerate(active):
-            if phase[k] == _FLOOR:
-                kinds.append("reset")
-                amps[j] = drv.v_reset_max_v
-            elif phase[k] == _SET:
-                kinds.append("set")
-                amps[j] = amp[k]
-            else:
-                kinds.append("reset")
-                amps[j] = amp[k]
-        g[active] = step(active, kinds, amps)
+        g[active] = res.g_after
         steps += 1
-        for k in active:
-            if phase[k] == _FLOOR:
-                counts["floor"][k] += 1
-                if g[k] <= floor or counts["floor"][k] >= max_floor:
-                    start_round(k)
-                continue
-            phase_pulses[k] += 1
-            if phase[k] == _SET:
-                counts["set"][k] += 1
-                if g[k] >= lo[k]:
-                    if g[k] <= hi[k]:
-                        phase[k] = _DONE
-                    else:  # overshoot: adaptive RESET in the same round
-                        phase[k], amp[k], phase_pulses[k] = _RESET, drv.v_reset_min_v, 0
-                elif phase_pulses[k] >= max_phase:
-                    start_round(k)
-                else:
-                    amp[k] = min(amp[k] + set_step, drv.v_set_max_v)
-            else:
-                counts["reset"][k] += 1
-                if g[k] <= hi[k]:
-                    # within tolerance: done; undershoot: the round ends
-                    start_round(k)
-                elif phase_pulses[k] >= max_phase:
-                    start_round(k)
-                else:
-                    amp[k] = min(amp[k] + reset_step, drv.v_reset_max_v)
+        for k, pulse in zip(active, pulses):
+            if pulse is not None:
+                counts[pulse.phase][k] += 1
+            move = policy.next(int(code[k]), Outcome.of(g[k], lo[k], hi[k], floor))
+            code[k] = move.code
+            rounds[k] += move.new_round
 
     success = (g >= lo) & (g <= hi)
-    total = counts["set"] + counts["reset"] + counts["floor"]
+    sets, resets, floors = (counts[p] for p in (Phase.SET, Phase.RESET, Phase.FLOOR))
     return WriteVerifyResult(
-        targets_s=targets, g_reached=g.copy(), state_reached=n.copy(), pulses=total,
-        set_pulses=counts["set"], reset_pulses=counts["reset"], floor_pulses=counts["floor"],
-        rounds=rounds, success=success, kd=kd, wd=wd, seeds=tuple(seeds), tolerance_s=tol,
-        window_s=window, floor_s=floor, steps=steps, spice_runs=spice["runs"],
-        spice_seconds=spice["seconds"], wall_seconds=time.monotonic() - t_wall,
+        targets_s=targets, g_reached=g.copy(), state_reached=n.copy(),
+        pulses=sets + resets + floors, set_pulses=sets, reset_pulses=resets,
+        floor_pulses=floors, rounds=rounds, success=success, kd=kd, wd=wd,
+        seeds=tuple(seeds), tolerance_s=tol, window_s=window, floor_s=floor, steps=steps,
+        spice_runs=spice["runs"], spice_seconds=spice["seconds"],
         history=tuple(tuple(h) for h in history))

@@ -341,8 +341,8 @@ class LevelsParams(_Validated):
 
 @dataclass(frozen=True)
 class WriteVerifyParams(_Validated):
-    """The write-and-verify controller of the tile (the procedure is in
-    ``circuitsim/write_verify.py``): its tolerance, its floor and its limits."""
+    """The write-and-verify controller of the tile (the procedure is
+    ``circuitsim/write_policy.py``'s): its tolerance, its floor and its limits."""
 
     section: ClassVar[str] = "write_verify"
 

@@ -6,7 +6,7 @@ cell (``rram_dyn`` top electrode on the bit line, bottom electrode on node ``m``
 from ``m`` to the source line, gate on the word line, body at ground), the same bias table
 and the same timeline, so that one cell of a batch reproduces the single-cell deck (checked
 in ``tests/test_surface_programming.py``). Calibration sweeps and the write-and-verify
-controller (:mod:`circuitsim.write_verify`) solve hundreds of cells in one transient this way.
+driver (:mod:`circuitsim.write_verify`) solve hundreds of cells in one transient this way.
 
 Each cell has its own state ``n0`` (the initial condition of its state node), its own
 cycle-to-cycle multiplier ``kc`` (a DC source on its ``kc`` node: one pulse per deck, so one

@@ -1,11 +1,12 @@
 """Write-and-verify in torch: the paper's programming procedure driven by calibrated pulses.
 
-:class:`ProgrammingModel` runs the state machine of :func:`circuitsim.write_verify.write_verify`
-(its module docstring has the procedure: floor phase, rounds of adaptive SET and adaptive
-RESET, the same caps and counters) on tensors of devices of any shape, with the effect of
-each pulse taken from the calibration table instead of an ngspice transient. The only loop
-is over pulse steps; it ends as soon as every device is done. Everything is float32 by
-default and runs on the device of the targets (CPU or CUDA).
+:class:`ProgrammingModel` runs the write-and-verify controller that
+:func:`circuitsim.write_verify.write_verify` runs against ngspice
+(:class:`circuitsim.write_policy.WritePolicy`: floor phase, rounds of adaptive SET and
+adaptive RESET, the same limits and counters) on tensors of devices of any shape, with the
+effect of each pulse taken from the calibration table instead of an ngspice transient. The
+only loop is over pulse steps; it ends as soon as every device is done. Everything is
+float32 by default and runs on the device of the targets (CPU or CUDA).
 
 What one pulse does
 -------------------
@@ -76,14 +77,15 @@ Checked by fitting only the chip table's inner states: continuing 0.09 (0.18) be
 fitted range errs by 0.06 (0.19) tolerance, 0.63 above it by 0.17 tolerance; a 3-sigma
 ``wd`` reaches 0.04 below ``n_min`` and 0.59 above ``n_max``. The nominal read window
 ``window_s`` is the table's (``Table.read_window``); the levels (``hw.levels``: their count
-and window ``level_window_s`` inside it), the tolerance and the floor level
-(``hw.write_verify``) follow from it.
+and window ``level_window_s`` inside it), the tolerance and the floor level (the write
+policy's thresholds) follow from it.
 
 Read noise: each verify read adds a normal draw of standard deviation ``verify_noise_s``
 when ``read_noise=True`` (the default): one read's noise ``read_noise_s``
 (``SurrogateConfig.read_noise`` in its unit) over the square root of the reads a verify
-averages (``SurrogateConfig.verify_reads``, at least one); ngspice's reads, and the table's own ``write_verify`` surface, are noise-free, so
-comparisons against them switch it off. ``ProgramResult.g_reached`` is, as in
+averages (``SurrogateConfig.verify_reads``, at least one); ngspice's reads, and the
+table's own ``write_verify`` surface, are noise-free, so comparisons against them switch it
+off. ``ProgramResult.g_reached`` is, as in
 ``write_verify``, the last *verify read* and ``success`` is judged on it (noisy when read
 noise is on); the conductance a device actually has is ``model.read(result.state,
 devices)``.
@@ -113,8 +115,8 @@ cell on average, each cell's ``kd``, ``wd`` and per-pulse ``kc``) through
 conductance on the chip table, 3.9 rms (6.7 worst) on the ``tiny`` one.
 
 Programming 64 x 64 x 16 devices from their floor to random levels with the default read
-noise (``SurrogateConfig.read_noise = 0.02`` of the window, i.e. 2.5 levels, 5x the tolerance), a verify read
-passes by chance: 75 % of the devices end with a read within tolerance after 39 pulses on
+noise (``SurrogateConfig.read_noise = 0.02`` of the window, i.e. 2.5 levels, 5x the
+tolerance), a verify read passes by chance: 75 % of the devices end with a read within tolerance after 39 pulses on
 average, but only 11 % actually are, and the conductance error is 2.8 levels rms (0.55
 without noise).
 
@@ -144,7 +146,7 @@ import numpy as np
 import torch
 from scipy.interpolate import CubicSpline, PchipInterpolator
 
-from circuitsim.write_verify import step_value, whole_number
+from circuitsim.write_policy import Outcome, Phase, Ramp, WritePolicy
 from netlists.config import HardwareConfig, SurrogateConfig
 from netlists.device_model import device_model
 from netlists.errors import ConfigError, TableError
@@ -168,12 +170,17 @@ _DSTATE_DIMS = ("polarity", "amplitude", "width", "v_gate", "state", "replica")
 _WINDOW_SLACK = 1e-9
 #: Outcomes of a verify read per controller code (see _Controller): 3 orders x 4 regions.
 _OUTCOMES = 12
+#: The policy's outcome (its column in WritePolicy.table) of each of them; the floor level
+#: is at place ``order`` among the sorted thresholds, the band's ends at the other two, and
+#: the read reaches the first ``region`` of them.
+_POLICY_OUTCOME = np.array([
+    Outcome(band=-1 if region <= (0 if order > 0 else 1) else
+            1 if region > (2 if order < 2 else 1) else 0,
+            above_floor=region > order).index
+    for order in range(3) for region in range(4)])
 #: Pulse steps x devices of controller rows kept before they are counted.
 _HISTORY = 1 << 18
-#: Largest pulse cap per device (max_floor_pulses + 2 max_pulses_per_phase max_rounds): the
-#: controller's tables grow with it, and its four counters share one int64.
-_MAX_PULSES = 1 << 16
-#: Controllers (one per set of caps and steps, and device) a model keeps.
+#: Controllers (one per policy and device) a model keeps.
 _CONTROLLERS_KEPT = 8
 #: Most ulps by which _state_at corrects the inverse of the read interpolation.
 _ULP_STEPS = 256
@@ -254,24 +261,24 @@ class ProgramResult:
 
 @dataclass(frozen=True)
 class _Controller:
-    """circuitsim.write_verify's controller as lookup tables.
+    """A write policy's controller as lookup tables, with its thresholds.
 
-    A device's *code* says where it stands: ``f < max_floor``: in the floor phase after
-    ``f`` pulses; then for each round ``r = 1 .. max_rounds``, ``max_phase`` codes of
-    adaptive SET and as many of adaptive RESET by the pulses so far in the phase (which fix
-    the amplitude); then START (before the first verify read) and DONE. A verify read's
-    *outcome* is where it lies among the device's three thresholds, sorted: the ends of its
-    tolerance band and the floor level. It is ``4 * order + region``: ``order`` is the
-    floor level's place among the three, ``region`` the count of them the read reaches. The
-    tables have a row per code and outcome, ``code * _OUTCOMES + outcome``; a device keeps
-    ``code * _OUTCOMES + 4 * order``, so that adding the region gives its row.
+    A device's *code* is the policy's (:mod:`circuitsim.write_policy`). A verify read's
+    *outcome* here is where it lies among the device's three thresholds, sorted: the ends of
+    its tolerance band and the floor level. It is ``4 * order + region``: ``order`` is the
+    floor level's place among the three, ``region`` the count of them the read reaches
+    (``_POLICY_OUTCOME`` says which of the policy's outcomes each is). The tables have a
+    row per code and outcome, ``code * _OUTCOMES + outcome``; a device keeps ``code *
+    _OUTCOMES + 4 * order``, so that adding the region gives its row.
 
     ``pulse``: per row, its code's pulse: [first row of its amplitude cell in the (D, B)
     table as a float (the state cell is added), amplitude weight, sign (+1 SET, -1 RESET,
     0 for START and DONE), 1.0 for SET else 0.0]. ``following``: per row, what the device
     keeps next. ``counts``: per row, what the floor, SET and RESET pulse counters and the
     round counter gain, packed into an int64 at the bit offsets ``shifts`` (each field wide
-    enough for its cap). ``start``, ``done``: START and DONE times ``_OUTCOMES``."""
+    enough for its cap). ``start``, ``done``: START and DONE times ``_OUTCOMES``.
+    ``tolerance``, ``floor``: the policy's thresholds on the model's read window (S), the
+    floor as a tensor; ``limit``: the most pulses a device can receive."""
 
     pulse: torch.Tensor
     following: torch.Tensor
@@ -279,6 +286,9 @@ class _Controller:
     shifts: tuple[int, int, int, int]
     start: int
     done: int
+    tolerance: float
+    floor: torch.Tensor
+    limit: int
 
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
         """The counters [floor, set, reset, rounds] (int32, [4, n]) of packed ones."""
@@ -351,9 +361,10 @@ class ProgrammingModel:
         self.level_window_s = hw.levels.window(self.window_s)
         self.levels: int = hw.levels.count
         self.level_spacing_s = hw.levels.spacing(self.window_s)
-        wv = hw.write_verify
-        self.tolerance_s: float = wv.tolerance_levels * self.level_spacing_s
-        self.floor_s: float = self.level_window_s[0] + wv.floor_levels * self.level_spacing_s
+        #: the write-and-verify controller ``program`` runs unless given another
+        self.policy = WritePolicy.of(hw)
+        #: its verify tolerance and floor level, S
+        self.tolerance_s, self.floor_s = self.policy.thresholds(self.window_s)
         #: one read's noise, S; a verify read's (the mean of ``verify_reads`` reads)
         self.read_noise_s: float = self.config.read_noise_s(self.level_window_s, self.levels)
         self.verify_noise_s: float = self.read_noise_s / math.sqrt(
@@ -539,8 +550,7 @@ class ProgrammingModel:
                                ("n_min", d.n_min), ("one", 1.0), ("c2c", d.c2c_sigma),
                                ("noise", self.verify_noise_s)):
                 found[key] = torch.tensor(value, dtype=self.dtype)
-            for key, value in (("floor", self.floor_s), ("inf", math.inf)):
-                found[key] = torch.tensor(value, dtype=self.dtype, device=device)
+            found["inf"] = torch.tensor(math.inf, dtype=self.dtype, device=device)
             self._cache[device] = found
         return found
 
@@ -626,31 +636,20 @@ class ProgrammingModel:
 
     def program(self, targets_s: torch.Tensor, devices: Devices, *,
                 state: torch.Tensor | None = None, generator: torch.Generator,
-                read_noise: bool = True, max_rounds: int = 2, set_step_v: float = 0.05,
-                reset_step_v: float = 0.1, max_pulses_per_phase: int = 60,
-                max_floor_pulses: int = 20, tolerance_s: float | None = None
+                read_noise: bool = True, policy: WritePolicy | None = None
                 ) -> ProgramResult:
         """Program every device towards its target read conductance (S) by write-and-verify.
 
         ``devices`` must have the targets' shape. Devices start at their floor
         (``floor_state``) unless ``state`` (1e26 m^-3, clipped into each device's window) is
-        given. ``tolerance_s`` defaults to ``self.tolerance_s``. ``generator`` drives every
-        draw (``kc`` per pulse, read noise), on its own device; the same seed gives the same
-        result. Targets outside ``window_s`` are a ConfigError, and so are caps that allow
-        a device more than 65,536 pulses (``max_floor_pulses + 2 * max_pulses_per_phase *
-        max_rounds``).
+        given. ``policy`` (default ``self.policy``, the hardware's) decides the pulses and
+        when a device is done; its thresholds are taken on ``window_s``. ``generator``
+        drives every draw (``kc`` per pulse, read noise), on its own device; the same seed
+        gives the same result. Targets outside ``window_s`` are a ConfigError.
         """
-        max_rounds = whole_number("max_rounds", max_rounds, 1)
-        max_phase = whole_number("max_pulses_per_phase", max_pulses_per_phase, 1)
-        max_floor = whole_number("max_floor_pulses", max_floor_pulses, 0)
-        if max_floor + 2 * max_phase * max_rounds > _MAX_PULSES:
-            raise ConfigError(
-                f"max_floor_pulses + 2 * max_pulses_per_phase * max_rounds = "
-                f"{max_floor + 2 * max_phase * max_rounds} must not exceed {_MAX_PULSES}")
-        set_step = step_value("set_step_v", set_step_v, 5.0)
-        reset_step = step_value("reset_step_v", reset_step_v, 5.0)
-        tol = self.tolerance_s if tolerance_s is None else step_value(
-            "tolerance_s", tolerance_s, self.window_s[1] - self.window_s[0])
+        policy = self.policy if policy is None else policy
+        if not isinstance(policy, WritePolicy):
+            raise ConfigError(f"policy = {policy!r} must be a WritePolicy")
         if not isinstance(generator, torch.Generator):
             raise ConfigError(f"generator = {generator!r} must be a torch.Generator")
         if isinstance(targets_s, torch.Tensor):
@@ -683,13 +682,12 @@ class ProgrammingModel:
                 raise ConfigError("state must be finite")
             n = torch.minimum(torch.maximum(n, n_lo), n_hi)
         t = self._tensors(device)
-        ctl = self._controller(device, max_rounds, max_phase, max_floor, set_step,
-                               reset_step)
+        ctl = self._controller(device, policy)
         with torch.inference_mode():
-            n, g, counts = self._run(t, ctl, tgt, tol, kd, wd, n, n_lo, n_hi, generator,
-                                     read_noise=read_noise,
-                                     limit=max_floor + 2 * max_phase * max_rounds)
+            n, g, counts = self._run(t, ctl, tgt, kd, wd, n, n_lo, n_hi, generator,
+                                     read_noise=read_noise)
         n, g, counts = n.clone(), g.clone(), counts.clone()
+        tol = ctl.tolerance
         success = (g >= tgt - tol) & (g <= tgt + tol)
         floor, sets, resets, rounds = counts.unbind(0)
         total = sets + resets + floor
@@ -782,81 +780,54 @@ class ProgrammingModel:
         rate = (db[:, 1] * ln_k).add_(db[:, 0]).exp_()
         return rate.mul_(self._window(t, is_set, u))
 
-    def _controller(self, device: torch.device, max_rounds: int, max_phase: int,
-                    max_floor: int, set_step: float, reset_step: float) -> _Controller:
-        """The write-and-verify controller as tables (cached per device and caps)."""
-        key = (device, max_rounds, max_phase, max_floor, set_step, reset_step)
+    def _controller(self, device: torch.device, policy: WritePolicy) -> _Controller:
+        """``policy`` as tables on ``device`` (cached per device and policy)."""
+        key = (device, policy)
         found = self._controllers.get(key)
         if found is not None:
             return found
-        drv, dtype = self.hw.drive, self.dtype
-        per_round = 2 * max_phase
-        start = max_floor + max_rounds * per_round
-        done = start + 1
-        codes = done + 1
+        dtype = self.dtype
 
-        def ramp(first: float, step: float, top: float) -> torch.Tensor:
-            # the controller's own sums, in the model's dtype: amp = min(amp + step, top)
-            amp = [torch.tensor([first], dtype=dtype)]
-            for _ in range(max_phase - 1):
-                amp.append((amp[-1] + step).clamp_max(top))
+        def amplitudes(ramp: Ramp) -> torch.Tensor:
+            # the ramp's own sums, in the model's dtype: amp = min(amp + step, top)
+            amp = [torch.tensor([ramp.first_v], dtype=dtype)]
+            for _ in range(ramp.length - 1):
+                amp.append((amp[-1] + ramp.step_v).clamp_max(ramp.top_v))
             return torch.cat(amp)
 
-        # the pulse of each code
-        phase_amp = torch.cat([ramp(drv.v_set_min_v, set_step, drv.v_set_max_v),
-                               ramp(drv.v_reset_min_v, reset_step, drv.v_reset_max_v)])
-        amp = torch.cat([torch.full((max_floor,), drv.v_reset_max_v, dtype=dtype),
-                         phase_amp.repeat(max_rounds),
-                         torch.full((2,), drv.v_reset_min_v, dtype=dtype)])
-        is_set = torch.zeros(codes, dtype=dtype)
-        is_set[max_floor:start].view(max_rounds, per_round)[:, :max_phase] = 1
-        sign = 2 * is_set - 1
-        sign[start:] = 0  # START and DONE: no pulse, the state stays
+        # the pulse of each code (START and DONE: none, at a harmless amplitude)
+        phases = torch.as_tensor(policy.phases)
+        amp = torch.full((policy.codes,), self.hw.drive.v_reset_min_v, dtype=dtype)
+        amp[phases == Phase.FLOOR] = policy.floor_v
+        for phase, values in ((Phase.SET, amplitudes(policy.set_ramp)),
+                              (Phase.RESET, amplitudes(policy.reset_ramp))):
+            amp[phases == phase] = values.repeat(policy.max_rounds)
+        is_set = (phases == Phase.SET).to(dtype)
+        sign = torch.where(phases < Phase.START, 2 * is_set - 1, torch.zeros_like(is_set))
         x = (amp - self._a0) * (1.0 / self._adx)
         ia = x.floor().clamp_(0, self._na - 2)
         fa = (x - ia).clamp_(0, 1)
         base = (is_set * (self._na - 1) + ia) * (self._ns - 1)
         pulse = torch.stack([base, fa, sign, is_set], dim=1)
 
-        # the decision after each code's verify read, for every outcome
-        code = np.arange(codes)[:, None]
-        phase, pulses = np.divmod(code - max_floor, max_phase)  # phase 2 (r - 1) + (0 or 1)
-        kind = np.select([code < max_floor, code < start, code == start],
-                         [0, 1 + phase % 2, 3], 4)  # floor, SET, RESET, START, DONE
-        pulses = np.where(kind == 0, code, pulses)
-        rounds = np.where((kind == 1) | (kind == 2), phase // 2 + 1, 0)
-        order, region = np.divmod(np.arange(_OUTCOMES)[None, :], 4)
-        # the read reaches the first `region` thresholds in sorted order; the floor level
-        # is at place `order`, the band's ends at the other two
-        below = region <= np.where(order > 0, 0, 1)
-        above = region > np.where(order < 2, 2, 1)
-        low = region <= order
-        # a new round: done within tolerance or out of rounds, else SET or RESET
-        ends = (~below & ~above) | (rounds >= max_rounds)
-        first = max_floor + rounds * per_round
-        round_to = np.where(ends, done, np.where(below, first, first + max_phase))
-        floor_end = low | (pulses + 1 >= max_floor)
-        set_end = below & (pulses + 1 >= max_phase)
-        reset_end = ~above | (pulses + 1 >= max_phase)
-        floor_first = ~low & (max_floor > 0)
-        starts = (((kind == 0) & floor_end) | ((kind == 1) & set_end)
-                  | ((kind == 2) & reset_end) | ((kind == 3) & ~floor_first))
-        new_round = starts & ~ends
-        # SET that reaches the band: done within it, a RESET phase above it (same round)
-        reached = np.where(above, code - pulses + max_phase, done)
-        to = np.select([starts, kind == 4, kind == 3, (kind == 1) & ~below],
-                       [round_to, done, 0, reached], code + 1)
-        following = (to * _OUTCOMES + 4 * order).reshape(-1)
-        caps = (max_floor, max_phase * max_rounds, max_phase * max_rounds, max_rounds)
+        # the policy's decision after each code's verify read, for every outcome here
+        following, new_round = (a[:, _POLICY_OUTCOME] for a in policy.table)
+        order = np.arange(_OUTCOMES)[None, :] // 4
+        following = (following * _OUTCOMES + 4 * order).reshape(-1)
+        caps = (policy.max_floor_pulses, policy.max_pulses_per_phase * policy.max_rounds,
+                policy.max_pulses_per_phase * policy.max_rounds, policy.max_rounds)
         shifts = tuple(int(v) for v in np.cumsum([0] + [max(c, 1).bit_length()
                                                          for c in caps[:-1]]))
         field = np.array([1 << k for k in shifts[:3]] + [0, 0], dtype=np.int64)
-        counts = field[kind] + (new_round.astype(np.int64) << shifts[3])
+        counts = field[policy.phases][:, None] + (new_round.astype(np.int64) << shifts[3])
+        tolerance, floor = policy.thresholds(self.window_s)
         found = _Controller(
             pulse=pulse.repeat_interleave(_OUTCOMES, dim=0).to(device),
             following=torch.as_tensor(following, device=device),
             counts=torch.as_tensor(counts.reshape(-1), device=device), shifts=shifts,
-            start=start * _OUTCOMES, done=done * _OUTCOMES)
+            start=policy.start * _OUTCOMES, done=policy.done * _OUTCOMES,
+            tolerance=tolerance, floor=torch.tensor(floor, dtype=dtype, device=device),
+            limit=policy.max_pulses)
         if len(self._controllers) >= _CONTROLLERS_KEPT:
             self._controllers.pop(next(iter(self._controllers)))
         self._controllers[key] = found
@@ -908,9 +879,9 @@ class ProgrammingModel:
                            f"than {_ULP_STEPS} ulps")
 
     def _run(self, t: dict[str, torch.Tensor], ctl: _Controller, tgt: torch.Tensor,
-             tol: float, kd: torch.Tensor, wd: torch.Tensor, n: torch.Tensor,
-             n_lo: torch.Tensor, n_hi: torch.Tensor, generator: torch.Generator, *,
-             read_noise: bool, limit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             kd: torch.Tensor, wd: torch.Tensor, n: torch.Tensor, n_lo: torch.Tensor,
+             n_hi: torch.Tensor, generator: torch.Generator, *,
+             read_noise: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The pulse loop of :meth:`program`: the final state and verify read of every
         device and its counters (floor, SET, RESET pulses, rounds) as an int32 [4, count].
 
@@ -953,8 +924,9 @@ class ProgrammingModel:
         # noise, states) that reach the band, pass it and pass the floor level, sorted; the
         # counters (packed) and the controller rows not yet counted
         fixed = torch.stack([n_lo, n_hi, wd, torch.log(kd)])
+        tol = ctl.tolerance
         levels = torch.stack([tgt - tol, torch.nextafter(tgt + tol, t["inf"]),
-                              torch.nextafter(t["floor"], t["inf"]).expand(count)], dim=1)
+                              torch.nextafter(ctl.floor, t["inf"]).expand(count)], dim=1)
         if noisy:
             bounds, read = levels, verify(n)
         else:
@@ -965,7 +937,7 @@ class ProgrammingModel:
         bounds = bounds.sort(dim=1, stable=True).values
         if device.type == "cpu" and local and count <= _HOST_DEVICES:
             return self._run_host(t, ctl, fixed, bounds, order, n, read, generator,
-                                  noisy=noisy, limit=limit)
+                                  noisy=noisy)
         pos = torch.arange(count, device=device)
         counts = torch.zeros(count, dtype=torch.int64, device=device)  # packed
         rows: list[torch.Tensor] = []
@@ -976,7 +948,7 @@ class ProgrammingModel:
         index = torch.empty(count, dtype=torch.int64, device=device)
         done = torch.tensor(ctl.done, device=device)
         n_lo, n_hi, wd, ln_kd = fixed.unbind(0)
-        for _ in range(limit + 1):
+        for _ in range(ctl.limit + 1):
             active = code < done
             n_active = int(torch.count_nonzero(active))
             if n_active == 0:
@@ -1016,8 +988,8 @@ class ProgrammingModel:
 
     def _run_host(self, t: dict[str, torch.Tensor], ctl: _Controller, fixed: torch.Tensor,
                   bounds: torch.Tensor, order: torch.Tensor, n: torch.Tensor,
-                  read: torch.Tensor, generator: torch.Generator, *, noisy: bool,
-                  limit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  read: torch.Tensor, generator: torch.Generator, *, noisy: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`_run`'s pulse loop in numpy, for few devices on the CPU.
 
         A training step writes some tens of devices, for which a torch operation costs
@@ -1087,7 +1059,7 @@ class ProgrammingModel:
         pos = np.arange(count)
         out_n, out_read = np.empty_like(n), np.empty_like(n)
         out_counts = np.empty_like(counts)
-        for _ in range(limit + 1):
+        for _ in range(ctl.limit + 1):
             active = code < ctl.done
             n_active = int(np.count_nonzero(active))
             if n_active == 0:

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from calibration.store import Table, open_table
+from circuitsim.write_policy import WritePolicy
 from circuitsim.write_verify import write_verify
 from netlists.config import SurrogateConfig
 from netlists.errors import ConfigError, TableError
@@ -50,6 +51,11 @@ def model(table) -> ProgrammingModel:
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def _policy(model: ProgrammingModel, **write_verify) -> WritePolicy:
+    """The model's hardware policy with ``write_verify`` fields changed."""
+    return WritePolicy.of(model.hw.replace(write_verify=write_verify))
 
 
 def _edited(table: Table, *, hardware: dict | None = None, drop: str | None = None,
@@ -235,10 +241,11 @@ def test_vectorized_procedure_matches_a_per_device_loop(table, caps):
                                                        dtype=torch.float64)
     start[::4] = model.floor_state(devices)[::4]
     start[1::8] = d.n_max * 2  # clipped to the device's top: the floor phase has work
+    policy = _policy(model, max_rounds=caps["max_rounds"],
+                     max_pulses_per_phase=caps["max_phase"],
+                     max_floor_pulses=caps["max_floor"])
     res = model.program(targets, devices, state=start, generator=gen, read_noise=False,
-                        max_rounds=caps["max_rounds"],
-                        max_pulses_per_phase=caps["max_phase"],
-                        max_floor_pulses=caps["max_floor"])
+                        policy=policy)
     for k in range(count):
         want = _one_device(model, float(targets[k]), float(devices.kd[k]),
                            float(devices.wd[k]), float(start[k]), **caps)
@@ -452,7 +459,7 @@ def test_program_is_the_stepwise_controller_bit_for_bit(table, dtype, read_noise
     for caps in ({}, {"max_rounds": 3, "max_pulses_per_phase": 4, "max_floor_pulses": 2,
                       "set_step_v": 0.08, "reset_step_v": 0.03}):
         got = model.program(targets, devices, state=start, generator=_gen(13),
-                            read_noise=read_noise, **caps)
+                            read_noise=read_noise, policy=_policy(model, **caps))
         want = _stepwise(model, targets, devices, state=start, generator=_gen(13),
                          read_noise=read_noise, **caps)
         for name, key in (("g_reached", "g"), ("state", "n"), ("set_pulses", "set"),
@@ -551,13 +558,9 @@ def test_targets_outside_the_window_are_refused(model):
         model.program(torch.tensor([20e-6, math.nan]), devices, generator=_gen(0))
     with pytest.raises(ConfigError, match="one device per target"):
         model.program(torch.tensor([20e-6]), devices, generator=_gen(0))
-    with pytest.raises(ConfigError, match="max_rounds"):
-        model.program(torch.tensor([2e-5, 3e-5]), devices, generator=_gen(0), max_rounds=0)
-    with pytest.raises(ConfigError, match="set_step_v"):
-        model.program(torch.tensor([2e-5, 3e-5]), devices, generator=_gen(0), set_step_v=0)
-    with pytest.raises(ConfigError, match="= 80020 must not exceed 65536"):
+    with pytest.raises(ConfigError, match="policy = .* must be a WritePolicy"):
         model.program(torch.tensor([2e-5, 3e-5]), devices, generator=_gen(0),
-                      max_pulses_per_phase=20000)
+                      policy=model.hw.write_verify)
     with pytest.raises(ConfigError, match="generator"):
         model.program(torch.tensor([2e-5, 3e-5]), devices, generator=None)
     with pytest.raises(ConfigError, match="kd has shape"):
@@ -610,7 +613,7 @@ def test_start_states(model):
                           d.n_max * devices.wd * 0.97)
     here = model.read(start, devices)
     res = model.program(here, devices, state=start, generator=_gen(0), read_noise=False,
-                        max_floor_pulses=0)
+                        policy=_policy(model, max_floor_pulses=0))
     assert int(res.pulses.max()) == 0 and int(res.rounds.max()) == 0
     assert bool(res.success.all())
     assert torch.equal(res.state, start)
@@ -625,7 +628,7 @@ def test_start_states(model):
     assert all(torch.equal(a, b) for a, b in zip(_fields(top).values(),
                                                  _fields(beyond).values()))
     skip = model.program(targets, devices, state=d.n_max * devices.wd, generator=_gen(1),
-                         read_noise=False, max_floor_pulses=0)
+                         read_noise=False, policy=_policy(model, max_floor_pulses=0))
     assert int(skip.floor_pulses.max()) == 0 and int(skip.reset_pulses.min()) >= 1
     # the default start is the device's own floor
     floor = model.program(targets, devices, generator=_gen(2), read_noise=False)

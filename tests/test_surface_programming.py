@@ -19,6 +19,7 @@ from calibration.surfaces.programming import ProgrammingGrid
 from calibration.surfaces.write_verify import SURFACE as WRITE_VERIFY
 from calibration.surfaces.write_verify import WriteVerifyGrid
 from circuitsim.device import draw_variation, simulate_schedule
+from circuitsim.write_policy import WritePolicy
 from circuitsim.write_verify import read_window, run_batch, write_verify
 from netlists.config import HardwareConfig, preset
 from netlists.errors import ConfigError
@@ -171,8 +172,9 @@ def test_write_verify_reaches_mid_window_targets(runner, chip):
     spacing = (window[1] - window[0]) / 127
     targets = window[0] + np.array([30, 64, 64, 100]) * spacing
     # tight settings: fine SET steps, generous caps and rounds
-    res = write_verify(chip, targets, runner=runner, seed=3, window_s=window, max_rounds=3,
-                       set_step_v=0.05, max_pulses_per_phase=80)
+    policy = WritePolicy.of(chip.replace(write_verify={"max_rounds": 3, "set_step_v": 0.05,
+                                                       "max_pulses_per_phase": 80}))
+    res = write_verify(chip, targets, runner=runner, seed=3, window_s=window, policy=policy)
     assert res.tolerance_s == pytest.approx(spacing / 2)
     assert np.all(res.success)
     assert np.all(np.abs(res.g_reached - targets) <= res.tolerance_s)
@@ -190,6 +192,34 @@ def test_write_verify_reaches_mid_window_targets(runner, chip):
                                seed=res.seeds[1])
     assert single.variation.kd == res.kd[1]
     assert single.state[-1] == pytest.approx(res.state_reached[1], abs=2e-3)
+
+
+@pytest.mark.spice
+def test_write_verify_runs_the_hardwares_policy(runner, chip):
+    # 4 levels over part of the window: the tolerance and floor follow them; a policy
+    # without a floor phase gives none even from the top of the window (where the adaptive
+    # RESET works instead)
+    hw = chip.replace(levels={"count": 4, "g_min_us": 8.2, "g_max_us": 32.9},
+                      write_verify={"max_floor_pulses": 0, "max_rounds": 1})
+    window = read_window(hw, runner=runner)
+    spacing = (32.9e-6 - 8.2e-6) / 3
+    targets = [8.2e-6 + spacing, 8.2e-6 + 2 * spacing, 32.9e-6]
+    start = [hw.device.n_min, hw.device.n_min, hw.device.n_max]
+    res = write_verify(hw, targets, runner=runner, seed=4, window_s=window,
+                       start_states=start)
+    assert res.tolerance_s == pytest.approx(0.5 * spacing)
+    assert res.floor_s == pytest.approx(8.2e-6 + spacing)
+    assert np.all(res.floor_pulses == 0) and np.all(res.rounds == 1)
+    assert np.all(res.success[:2]) and res.reset_pulses[2] > 0
+    assert np.all(np.abs(res.g_reached[:2] - targets[:2]) <= 0.5 * spacing)
+    # the same cells under the policy given explicitly: the same outcome
+    again = write_verify(chip, targets, runner=runner, seed=4, window_s=window,
+                         start_states=start, policy=WritePolicy.of(hw))
+    assert np.array_equal(again.g_reached, res.g_reached)
+    assert again.history == res.history
+    with pytest.raises(ConfigError, match="policy = .* must be a WritePolicy"):
+        write_verify(chip, targets, runner=runner, seed=4, window_s=window,
+                     policy=hw.write_verify)
 
 
 @pytest.mark.spice

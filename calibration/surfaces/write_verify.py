@@ -2,8 +2,8 @@
 
 For each target level, ``repeats`` Monte Carlo cells (each its own device-to-device draw
 ``kd``, ``wd`` and a fresh cycle-to-cycle draw ``kc`` per pulse) are programmed by
-:func:`circuitsim.write_verify.write_verify` (the procedure, step by step, is in that
-module's docstring), every step solved in ngspice. Stored: the conductance each cell reached
+:func:`circuitsim.write_verify.write_verify` (the procedure, step by step, is
+:mod:`circuitsim.write_policy`'s, built from the hardware), every step solved in ngspice. Stored: the conductance each cell reached
 and how many pulses it took, and their statistics per target. This is the programming error
 and the write cost that training uses.
 
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from calibration.base import Array, JobResult, Point, SurfaceData, preset_grid
+from circuitsim.write_policy import WritePolicy
 from circuitsim.write_verify import read_window, write_verify
 from netlists.config import HardwareConfig, SolverConfig
 from netlists.errors import ConfigError, SimulatorError
@@ -177,7 +178,7 @@ class WriteVerifySurface:
         if any(not np.allclose(w, window, rtol=1e-9, atol=0) for w in windows):
             raise SimulatorError("jobs measured different read windows", netlist=_NAME)
         spacing = hw.levels.spacing(window)
-        tol = hw.write_verify.tolerance_levels * spacing
+        tol = WritePolicy.of(hw).thresholds(window)[0]
         targets = hw.levels.conductances(window)[levels]
         g = raw["g_reached"]
         err = g - targets[:, None]
@@ -236,7 +237,7 @@ class WriteVerifySurface:
         dims["g_reached_quantiles"] = ("target", "quantile")
         attrs = {
             "representation": "outcome of every Monte Carlo cell and its statistics per "
-                              "target; procedure: circuitsim.write_verify (module docstring)",
+                              "target; procedure: circuitsim.write_policy (module docstring)",
             "window_low_s": float(window[0]),
             "window_high_s": float(window[1]),
             "level_spacing_s": float(spacing),
