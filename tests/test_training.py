@@ -24,6 +24,7 @@ from netlists.config import SurrogateConfig
 from netlists.errors import ConfigError
 from training.analog import (AnalogChip, AnalogConv2d, AnalogLinear, analog_layers,
                              from_digital)
+from surrogate.normal_stream import NormalStream
 from training.models import build_model
 from training.optim import MixedPrecisionOptimizer
 from training.trainer import TrainConfig, TrainingError, evaluate, load_checkpoint, train
@@ -140,6 +141,54 @@ def test_the_batched_read_is_the_tile_by_tile_read(table):
     sparse[::9] = x[::9]
     err = ((tiles.analog(sparse) - _tile_by_tile(tiles, sparse)) / unit).abs()
     assert int((err > 1e-3).sum()) <= 2 and torch.equal(tiles.analog(sparse)[1], torch.zeros(11))
+
+
+def _chunked(table, block: int, **kw) -> AnalogChip:
+    chip = _chip(table, **kw)
+    chip.noise = NormalStream(77, block=block)
+    return chip
+
+
+def test_a_read_in_chunks_is_the_read_in_one(table):
+    # 3 x 3 tiles of 8 columns, signed inputs: 144 reads a vector, so a block of 1024
+    # normals takes 7 vectors a chunk; without noise the chunks change nothing, bit for bit
+    torch.manual_seed(4)
+    layers = {}
+    for block in (1024, 1 << 20):
+        chip = _chunked(table, block)
+        torch.manual_seed(4)
+        layers[block] = AnalogLinear(19, 11, chip=chip).tiles
+    x = torch.randn(40, 19)
+    x[3] = 0.0
+    x[:20:3] = x[:20:3].abs()
+    assert torch.equal(layers[1024].analog(x), layers[1 << 20].analog(x))
+    patches = torch.randn(19, 333).abs()                      # non-negative: 72 a vector
+    assert torch.equal(layers[1024].analog_columns(patches),
+                       layers[1 << 20].analog_columns(patches))
+
+
+def test_chunked_reads_draw_independent_noise_of_the_same_spread(table):
+    # one vector read 3000 times: in chunks of 14 (72 reads a vector, block 1024) and in one
+    # call, the noise of each output has the same spread, and consecutive chunks share no
+    # draws
+    spread = {}
+    for block in (1024, 1 << 22):
+        chip = _chunked(table, block, read_noise=True)
+        torch.manual_seed(4)
+        tiles = AnalogLinear(19, 11, chip=chip).tiles
+        x = torch.randn(19).abs().expand(3000, 19).T.contiguous()
+        y = tiles.analog_columns(x)                                # (11, 3000)
+        noise = y - y.mean(dim=1, keepdim=True)
+        spread[block] = noise.std(dim=1)
+        if block == 1024:
+            assert not torch.equal(noise[:, 0:14], noise[:, 14:28])
+            lag = torch.corrcoef(torch.stack([noise[:, :-14].reshape(-1),
+                                              noise[:, 14:].reshape(-1)]))[0, 1]
+            assert abs(float(lag)) < 0.05
+    assert float(spread[1024].min()) > 0
+    # the std of a std from 3000 samples is ~1.3 %: 10 % is far outside
+    ratio = spread[1024] / spread[1 << 22]
+    assert float((ratio - 1).abs().max()) < 0.1, ratio
 
 
 def test_writes_prepare_again_only_the_tiles_they_touch(table):

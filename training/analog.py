@@ -367,13 +367,14 @@ class AnalogTiles(nn.Module):
         Each vector is scaled to 8 bits by its own peak; a vector that is zero everywhere
         has a digital scale of zero, so its result is zero whatever its codes and it is not
         read (images have many all-zero patches). A vector with negative entries takes a
-        second read of its negated part, in the same call."""
+        second read of its negated part, in the same call.
+
+        Many vectors are read in chunks whose read draws at most one block of the noise
+        stream (``NormalStream.block``) normals: each chunk's codes, noise and sums stay
+        small enough for the caches, and its noise is a view of one block, not a copy."""
         if xt.shape[0] != self.in_features:
             raise ConfigError(f"input has {xt.shape[0]} features; the layer takes "
                               f"{self.in_features}")
-        chip = self.chip
-        top = chip.reader.input_levels - 1
-        tr, r = self.grid[0], self._rows_used
         with torch.no_grad():
             x = xt.detach()
             n = x.shape[1]
@@ -384,37 +385,53 @@ class AnalogTiles(nn.Module):
             if not bool(torch.isfinite(peak).all()):       # NaN and inf reach the peaks
                 raise NonFiniteValues(f"the input of the analog layer ({self.extra_repr()}) "
                                       "holds NaN or inf")
-            active = torch.nonzero(peak).squeeze(1)
-            if active.numel() == 0:
-                return x.new_zeros((self.out_features, n))
-            dense = active.numel() > _DENSE * n
-            if not dense:
-                x, peak = x.index_select(1, active), peak.index_select(0, active)
-            # q = round(top |x| / peak), halves up, as whole numbers; the rows of the last
-            # tile row that no input drives stay at zero
-            scale = top / peak.clamp_min(1e-30)           # a zero vector: q = 0, no inf
-            half = x.new_tensor(0.5)
-            m = x.shape[1]
-            q = torch.empty((tr * r, 2 * m if signed else m), dtype=torch.int32,
-                            device=x.device)
-            q[self.in_features:] = 0
-            if signed:
-                q[:self.in_features, :m] = torch.addcmul(half, x.clamp(min=0), scale)
-                q[:self.in_features, m:] = torch.addcmul(half, x.clamp(max=0), -scale)
-            else:
-                q[:self.in_features] = torch.addcmul(half, x, scale)
-            diff = self._code_differences(q.view(tr, r, -1))          # (tr, tc, P, n')
-            if signed:
-                diff = diff[..., :m] - diff[..., m:]
-            if tr * self.grid[1] == 1:
-                y = diff[0, 0] * self.tile_scale.detach()[0, 0]
-            else:
-                y = torch.einsum("tcpn,tc->cpn", diff, self.tile_scale.detach())
-            y = y.reshape(-1, m)[:self.out_features]
-            y = y * (peak * (chip.code_to_dot * float(self.w_max)))
-            if dense:
-                return y
-            return y.new_zeros((self.out_features, n)).index_copy_(1, active, y)
+            reads = self.grid[0] * self.grid[1] * self.chip.cols * (2 if signed else 1)
+            chunk = max(1, self.chip.noise.block // reads)
+            if n <= chunk:
+                return self._read_vectors(x, peak, signed)
+            return torch.cat([self._read_vectors(x[:, k:k + chunk], peak[k:k + chunk],
+                                                 signed)
+                              for k in range(0, n, chunk)], dim=1)
+
+    def _read_vectors(self, x: torch.Tensor, peak: torch.Tensor, signed: bool
+                      ) -> torch.Tensor:
+        """:meth:`analog_columns` of the vectors ``x`` (in, n) with their peaks (n,);
+        ``signed``: read the negated parts too."""
+        chip = self.chip
+        top = chip.reader.input_levels - 1
+        tr, r = self.grid[0], self._rows_used
+        n = x.shape[1]
+        active = torch.nonzero(peak).squeeze(1)
+        if active.numel() == 0:
+            return x.new_zeros((self.out_features, n))
+        dense = active.numel() > _DENSE * n
+        if not dense:
+            x, peak = x.index_select(1, active), peak.index_select(0, active)
+        # q = round(top |x| / peak), halves up, as whole numbers; the rows of the last
+        # tile row that no input drives stay at zero
+        scale = top / peak.clamp_min(1e-30)           # a zero vector: q = 0, no inf
+        half = x.new_tensor(0.5)
+        m = x.shape[1]
+        q = torch.empty((tr * r, 2 * m if signed else m), dtype=torch.int32,
+                        device=x.device)
+        q[self.in_features:] = 0
+        if signed:
+            q[:self.in_features, :m] = torch.addcmul(half, x.clamp(min=0), scale)
+            q[:self.in_features, m:] = torch.addcmul(half, x.clamp(max=0), -scale)
+        else:
+            q[:self.in_features] = torch.addcmul(half, x, scale)
+        diff = self._code_differences(q.view(tr, r, -1))          # (tr, tc, P, n')
+        if signed:
+            diff = diff[..., :m] - diff[..., m:]
+        if tr * self.grid[1] == 1:
+            y = diff[0, 0] * self.tile_scale.detach()[0, 0]
+        else:
+            y = torch.einsum("tcpn,tc->cpn", diff, self.tile_scale.detach())
+        y = y.reshape(-1, m)[:self.out_features]
+        y = y * (peak * (chip.code_to_dot * float(self.w_max)))
+        if dense:
+            return y
+        return y.new_zeros((self.out_features, n)).index_copy_(1, active, y)
 
     def analog(self, x: torch.Tensor) -> torch.Tensor:
         """The analog result (B, out) for ``x`` (B, in) (no gradient)."""
