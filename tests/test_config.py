@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from netlists.config import (ADCParams, ArrayParams, DeviceParams, DriveParams, HardwareConfig,
@@ -199,3 +201,17 @@ def test_new_blocks_round_trip_through_toml(tmp_path):
     plain = tmp_path / "plain.toml"
     plain.write_text("[array]\nrows = 8\n")
     assert load_surrogate_config(plain) == SurrogateConfig()
+
+
+def test_the_shipped_lenet_chip_configuration():
+    # the paper's on-chip LeNet: the chip with 4 levels over 8.2-32.9 uS, the threshold at
+    # one weight step (w_max / 3 of the range 2 w_max)
+    path = Path(__file__).resolve().parents[1] / "configs" / "lenet-chip.toml"
+    hw, _ = load_config(path, base=preset("chip"))
+    assert (hw.array.rows, hw.array.cols, hw.levels.count) == (64, 64, 4)
+    assert (hw.levels.g_min_us, hw.levels.g_max_us) == (8.2, 32.9)
+    assert dataclasses.replace(hw, levels=preset("chip").levels) == preset("chip")
+    cell = (4.47e-6, 41.6e-6)               # the chip cell's read window (netlists/README)
+    np.testing.assert_allclose(hw.levels.conductances(cell),
+                               np.array([8.2, 16.433333, 24.666667, 32.9]) * 1e-6, rtol=1e-6)
+    assert load_surrogate_config(path).write_threshold == pytest.approx(1 / 6)
