@@ -135,11 +135,16 @@ def read_window(hw: HardwareConfig, *, runner: SpiceRunner) -> tuple[float, floa
     return float(g[0]), float(g[1])
 
 
+def _seed(value: object) -> int:
+    """``value`` as an int; ConfigError unless it is a whole number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigError(f"seed = {value!r} must be a whole number >= 0")
+    return int(value)
+
+
 def cell_seeds(seed: int, count: int) -> list[int]:
     """``count`` independent per-cell seeds derived from one ``seed`` (deterministic)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"seed = {seed!r} must be a whole number >= 0")
-    states = np.random.SeedSequence(int(seed)).generate_state(max(count, 1), dtype=np.uint32)
+    states = np.random.SeedSequence(_seed(seed)).generate_state(max(count, 1), dtype=np.uint32)
     return [int(s) for s in states[:count]]
 
 
@@ -167,13 +172,6 @@ class WriteVerifyResult:
     spice_seconds: float
     #: per cell, the pulses applied: (kind, amplitude V) in order
     history: tuple[tuple[tuple[str, float], ...], ...] = field(repr=False, default=())
-
-
-def _seed(value: object) -> int:
-    """``value`` as an int; ConfigError unless it is a whole number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ConfigError(f"seed = {value!r} must be a whole number >= 0")
-    return int(value)
 
 
 def write_verify(hw: HardwareConfig, targets_s: Sequence[float], *, runner: SpiceRunner,
