@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from calibration.base import SurfaceData
-from calibration.store import atomic_write, open_table
+from calibration.store import open_table
+from netlists.files import save_png
 
 __all__ = ["write_report", "save_png"]
 
@@ -156,12 +157,3 @@ def write_report(table: str | Path, out_dir: str | Path) -> list[Path]:
     return written
 
 
-def save_png(fig: Any, path: Path | str, *, dpi: int = 120) -> Path:
-    """Write ``fig`` to ``path`` as PNG atomically (folders made as needed) and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
-    plt.close(fig)
-    return path

@@ -47,7 +47,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -59,6 +58,7 @@ import numpy as np
 from calibration.base import Array, SurfaceData
 from netlists.config import HardwareConfig
 from netlists.errors import TableError
+from netlists.files import atomic_write
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -295,64 +295,6 @@ def _holder_pid(fd: int) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
-
-
-# --------------------------------------------------------------------------------------
-# Atomic file writing
-# --------------------------------------------------------------------------------------
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (best effort: not every file system allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _temp_path(target: Path) -> Path:
-    """A new, empty temporary file beside ``target`` (same file system, so rename is atomic).
-
-    Named ``.<target name>.<random>.tmp``: hidden, and never matching the target's name.
-    """
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(name)
-
-
-def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
-    """Have ``write`` fill a temporary file beside ``target``, fsync it, rename it over
-    ``target`` and fsync the folder; on any failure the temporary file is removed and
-    ``target`` is left as it was."""
-    tmp = _temp_path(target)
-    try:
-        write(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 # --------------------------------------------------------------------------------------

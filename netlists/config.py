@@ -14,7 +14,6 @@ import dataclasses
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -23,6 +22,7 @@ import numpy as np
 import tomli_w
 
 from netlists.errors import ConfigError
+from netlists.files import atomic_write
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,6 +45,7 @@ __all__ = [
     "preset",
     "load_config",
     "load_surrogate_config",
+    "read_toml",
     "save_config",
 ]
 
@@ -556,7 +557,7 @@ def preset(name: str) -> HardwareConfig:
                           field="preset") from None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     """The parsed TOML file; ConfigError (field ``config``) when it cannot be read."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -582,7 +583,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def load_config(path: str | os.PathLike[str], *, base: HardwareConfig | None = None
                 ) -> tuple[HardwareConfig, SolverConfig]:
     """Read a TOML file with ``[device]``, ``[array]``, ... and an optional ``[solver]`` table."""
-    data = _read_toml(Path(path))
+    data = read_toml(Path(path))
     hardware = HardwareConfig.from_dict(data, base=base)
     solver = SolverConfig.from_dict(data.get("solver", {}))
     return hardware, solver
@@ -590,7 +591,7 @@ def load_config(path: str | os.PathLike[str], *, base: HardwareConfig | None = N
 
 def load_surrogate_config(path: str | os.PathLike[str]) -> SurrogateConfig:
     """The ``[surrogate]`` table of a TOML file (defaults where it has none)."""
-    return SurrogateConfig.from_dict(_read_toml(Path(path)).get("surrogate", {}))
+    return SurrogateConfig.from_dict(read_toml(Path(path)).get("surrogate", {}))
 
 
 def save_config(path: str | os.PathLike[str], hardware: HardwareConfig,
@@ -602,12 +603,4 @@ def save_config(path: str | os.PathLike[str], hardware: HardwareConfig,
         data["solver"] = dataclasses.asdict(solver)
     if surrogate is not None:
         data["surrogate"] = surrogate.to_dict()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            tomli_w.dump(data, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(tomli_w.dumps(data).encode()))

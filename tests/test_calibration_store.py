@@ -30,6 +30,7 @@ from calibration.store import (
     write_table,
 )
 from netlists.config import SolverConfig, preset
+from netlists import files
 from netlists.errors import TableError
 
 pytestmark = pytest.mark.timeout(60)
@@ -167,7 +168,7 @@ def test_failed_write_leaves_old_file_and_no_temporaries(tmp_path: Path,
     def crash(*args: object) -> None:
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(store, "_fsync_file", crash)  # fails after the data is written
+    monkeypatch.setattr(files, "_fsync_file", crash)  # fails after the data is written
     with pytest.raises(OSError, match="disk full"):
         _write(path, spice_runs=99)
     with pytest.raises(OSError, match="disk full"):
