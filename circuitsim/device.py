@@ -98,14 +98,16 @@ def simulate_pulses(hw: HardwareConfig, n_set: int, n_reset: int, *, runner: Spi
 
 def simulate_schedule(hw: HardwareConfig, pulses: tuple[Pulse, ...], *, runner: SpiceRunner,
                       initial_us: float | None = None, n0: float | None = None,
-                      seed: int | None = 0, solver: SolverConfig | None = None) -> PulseResult:
+                      seed: int | None = 0, solver: SolverConfig | None = None,
+                      variation: Variation | None = None) -> PulseResult:
     """Any sequence of write pulses on one cell, a read before the first and after each.
 
     The initial state is ``n0`` if given, else the state whose cell read conductance is
-    ``initial_us`` (uS), else the floor ``n_min``.
+    ``initial_us`` (uS), else the floor ``n_min``. The device's variation is ``variation``
+    if given (its ``kc`` one per pulse), else drawn from ``seed``.
     """
     drv = hw.drive
-    var = draw_variation(hw, len(pulses), seed)
+    var = draw_variation(hw, len(pulses), seed) if variation is None else variation
     n_lo, n_hi = device_model(hw).window(var.wd)
     if n0 is not None:
         n0 = float(n0)

@@ -248,16 +248,24 @@ class BulkSwitchingModel:
             vb = vb_new
         return (v - vb) / rt
 
+    def hop_rate(self, polarity: int, vsw: object, temp_k: object) -> np.ndarray:
+        """The rate of the state equation before the window factor and the multipliers,
+        (1e26 m^-3)/s: ``nu exp(-Ea / V_T) sinh(z a V_sw / (2 L V_T))`` with the SET
+        (``polarity > 0``) or RESET constants; its sign is that of ``vsw``."""
+        p = self.params
+        vt = K_B_EV * np.asarray(temp_k, float)
+        s = _sinh(self._field * np.asarray(vsw, float) / vt)
+        if polarity > 0:
+            return p.nu_set_hz * np.exp(-p.ea_set_ev / vt) * s
+        return p.nu_reset_hz * np.exp(-p.ea_reset_ev / vt) * s
+
     def rate(self, v: object, n: object, i: object, temp_k: object, *,
              kc: float = 1.0, kd: float = 1.0, wd: float = 1.0) -> np.ndarray:
         """dN/dt in (1e26 m^-3)/s."""
-        p = self.params
-        vt = K_B_EV * np.asarray(temp_k, float)
-        vsw = np.asarray(v, float) - np.asarray(i, float) * p.r_series_ohm
-        s = _sinh(self._field * vsw / vt)
+        vsw = np.asarray(v, float) - np.asarray(i, float) * self.params.r_series_ohm
         n = np.maximum(np.asarray(n, float), _STATE_FLOOR)
-        up = p.nu_set_hz * np.exp(-p.ea_set_ev / vt) * s * self.window_factor(1, n, wd)
-        down = p.nu_reset_hz * np.exp(-p.ea_reset_ev / vt) * s * self.window_factor(-1, n, wd)
+        up = self.hop_rate(1, vsw, temp_k) * self.window_factor(1, n, wd)
+        down = self.hop_rate(-1, vsw, temp_k) * self.window_factor(-1, n, wd)
         return kc * kd * np.where(vsw > 0, up, down)
 
 

@@ -45,11 +45,14 @@ T_GAP_S = 10e-9
 
 @dataclass(frozen=True)
 class Pulse:
-    """One write pulse: ``kind`` is ``"set"`` or ``"reset"``; amplitude (V) and width (s)."""
+    """One write pulse: ``kind`` is ``"set"`` or ``"reset"``; amplitude (V) and width (s);
+    ``gate_v`` the word line's voltage (V; default ``drive.v_gate_set_v`` or
+    ``drive.v_gate_reset_v``)."""
 
     kind: str
     amplitude_v: float
     width_s: float
+    gate_v: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ def _check_schedule(hw: HardwareConfig, pulses: Sequence[Pulse]) -> None:
                 f"pulse {k}: width {p.width_s!r} s must exceed two edges "
                 f"(2 x drive.t_edge_s = {2 * hw.drive.t_edge_s!r} s) and be at most 1 ms",
                 field="width_s")
+        if p.gate_v is not None and not (np.isfinite(p.gate_v) and 0.0 <= p.gate_v <= 5.0):
+            raise ConfigError(f"pulse {k}: gate voltage {p.gate_v!r} V is outside [0, 5] V",
+                              field="gate_v")
 
 
 def render_pulse_deck(hw: HardwareConfig, pulses: Sequence[Pulse], *, n0: float,
@@ -114,10 +120,10 @@ def render_pulse_deck(hw: HardwareConfig, pulses: Sequence[Pulse], *, n0: float,
         kcp += [(t - 0.5 * T_GAP_S, kcp[-1][1]), (t - 0.4 * T_GAP_S, float(kc_values[k]))]
         if p.kind == "set":
             rect(bl, t, p.width_s, p.amplitude_v)
-            rect(wl, t, p.width_s, drv.v_gate_set_v)
+            rect(wl, t, p.width_s, drv.v_gate_set_v if p.gate_v is None else p.gate_v)
         else:
             rect(sl, t, p.width_s, p.amplitude_v)
-            rect(wl, t, p.width_s, drv.v_gate_reset_v)
+            rect(wl, t, p.width_s, drv.v_gate_reset_v if p.gate_v is None else p.gate_v)
         t = read(t + p.width_s + T_GAP_S)
     t_stop = t
 
