@@ -115,6 +115,71 @@ def cmd_device_pulses(args: argparse.Namespace) -> None:
     emit(args, payload, summary)
 
 
+# ---- device fit -------------------------------------------------------------------------
+def _fit_target(args: argparse.Namespace) -> Path:
+    out = args.out if args.out is not None else Path(f"{Path(args.data).stem}-fit.toml")
+    _output_folder(out, "--out")
+    return out
+
+
+def cmd_device_fit(args: argparse.Namespace) -> int:
+    from circuitsim.device_fit import confirm_in_spice, fit_device, plot_fit, write_fit
+    from circuitsim.measured import read_measured
+
+    hw, solver = hardware(args)
+    names = None if args.params is None else [n.strip() for n in args.params.split(",")]
+    out = _fit_target(args)
+    if args.plot is not None:
+        _output_folder(args.plot, "--plot")
+    data = read_measured(args.data, hw)
+    with open_runner(solver) as runner:
+        result = fit_device(data, hw, runner=runner, params=names)
+        confirm_in_spice(result, data, runner=runner)
+    preset_name = args.preset or DEFAULT_PRESET
+    payload = {"config": str(write_fit(out, result, preset=preset_name, base=args.config)),
+               "data": str(args.data), "preset": preset_name, **result.summary()}
+    status = 1 if result.warnings else 0
+    if args.plot:
+        try:
+            payload["plot"] = str(plot_fit(result, data, args.plot))
+        except (OSError, CircuitSimError) as err:
+            status = _keep_despite_plot(payload, err)
+    for warning in result.warnings:
+        print(f"circuitsim: warning: {warning}", file=sys.stderr)
+    lines = [f"fitted {len(result.params)} parameters to {payload['devices']} device(s), "
+             f"{payload['pulses']} pulses in {result.seconds:.1f} s: one-step rms "
+             f"{result.rms_us:.3f} uS (max {result.max_us:.3f}); free-running trains rms "
+             f"{result.trains_rms_us:.3f} uS, in ngspice {result.spice_rms_us:.3f} uS"]
+    for name, value in result.params.items():
+        lines.append(f"  {name:18s} {value:11.4g}  relative error "
+                     f"{result.relative_error[name]:8.2g}"
+                     + ("" if result.determined[name] else "  (not determined by the data)"))
+    for name, spread in result.spread.items():
+        if spread["estimated"]:
+            lines.append(f"  {name:18s} {spread['value']:11.4g}  error {spread['error']:.2g}")
+    if result.read_noise_us is not None:
+        lines.append(f"  {'read noise, uS':18s} {result.read_noise_us:11.4g}")
+    lines.append(f"wrote {payload['config']} (use it with --preset {preset_name})")
+    emit(args, payload, "\n".join(lines))
+    return status
+
+
+def cmd_device_synthesize(args: argparse.Namespace) -> None:
+    from circuitsim.device_fit import synthesize
+    from circuitsim.measured import write_measured
+
+    hw, solver = hardware(args)
+    _output_folder(args.out, "--out")
+    with open_runner(solver) as runner:
+        data = synthesize(hw, runner=runner, devices=args.devices, seed=args.seed,
+                          read_noise_us=args.read_noise_us)
+    write_measured(args.out, data)
+    payload = {"data": str(args.out), "devices": len(data.devices), "pulses": data.pulses,
+               "reads": data.reads, "seed": args.seed, "read_noise_us": args.read_noise_us}
+    emit(args, payload, f"wrote {args.out}: {data.pulses} pulses and {data.reads} reads of "
+                        f"{len(data.devices)} device(s), solved in ngspice")
+
+
 # ---- array ------------------------------------------------------------------------------
 def cmd_array(args: argparse.Namespace) -> None:
     from circuitsim.tile import ideal_accumulated_v, ideal_codes, random_tile, solve_tile

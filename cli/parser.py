@@ -12,8 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cli.commands import (cmd_array, cmd_calibrate, cmd_device_pulses, cmd_evaluate,
-                          cmd_report, cmd_train, cmd_validate)
+from cli.commands import (cmd_array, cmd_calibrate, cmd_device_fit, cmd_device_pulses,
+                          cmd_device_synthesize, cmd_evaluate, cmd_report, cmd_train,
+                          cmd_validate)
 from cli.demo import cmd_demo
 from netlists.errors import ConfigError
 
@@ -93,6 +94,13 @@ def _number(text: str) -> float:
     return value
 
 
+def _non_negative_number(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
 def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="print one JSON object as the last line of stdout (an error too)")
@@ -138,6 +146,30 @@ def build_parser() -> argparse.ArgumentParser:
     pulses.add_argument("--seed", type=_seed, default=0,
                         help="seed of the device-to-device and cycle-to-cycle draws (>= 0)")
     _add_common(pulses)
+
+    fit = _command(dev_sub, "fit", cmd_device_fit,
+                   "fit the compact model to measured pulse trains, confirm it in ngspice")
+    fit.add_argument("--data", type=Path, required=True,
+                     help="the measured CSV (format: circuitsim/measured.py, "
+                          "examples/device-fit/README.md)")
+    fit.add_argument("--params", help="comma-separated device parameters to fit (default: "
+                                      "mobility_m2_vs,n_min,nu_set_hz,nu_reset_hz,"
+                                      "hop_distance_nm,p_window_set,p_window_reset)")
+    fit.add_argument("--out", type=Path,
+                     help="the fitted configuration, TOML (default: DATA-fit.toml here)")
+    fit.add_argument("--plot", type=Path, help="measured vs fitted trains (PNG) here")
+    _add_common(fit)
+
+    syn = _command(dev_sub, "synthesize", cmd_device_synthesize,
+                   "pulse trains of the configured device, solved in ngspice, as measured CSV")
+    syn.add_argument("--out", type=Path, required=True, help="the CSV to write")
+    syn.add_argument("--devices", type=_positive_int, default=4,
+                     help="devices, each its own device-to-device draw (default 4)")
+    syn.add_argument("--seed", type=_seed, default=0,
+                     help="seed of the draws and the read noise (>= 0)")
+    syn.add_argument("--read-noise-us", type=_non_negative_number, default=0.05,
+                     help="Gaussian read noise added to each read, uS rms (default 0.05)")
+    _add_common(syn)
 
     arr = _command(sub, "array", cmd_array, "program a random tile and solve a bit-serial read")
     arr.add_argument("--rows", type=_positive_int, help="tile rows (default: the preset's)")
