@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=_positive_int, default=64,
                     help="samples per step (default 64)")
     tr.add_argument("--optimizer", default="adamw", help="sgd, adam or adamw (default)")
-    tr.add_argument("--lr", type=_number, default=1e-3, help="learning rate (default 1e-3)")
+    tr.add_argument("--lr", type=_number, default=4e-3,
+                    help="learning rate (default 4e-3, the paper's)")
     tr.add_argument("--weight-decay", type=_number, default=0.0,
                     help="the optimizer's weight decay (default 0)")
     tr.add_argument("--threshold", type=_number,

@@ -294,3 +294,17 @@ def test_ctrl_c_during_train_says_what_the_checkpoint_holds(tmp_path):
     from training.trainer import load_checkpoint
 
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == int(found.group(1)) >= 1
+
+
+def test_train_defaults_are_the_configuration_defaults():
+    """The command line states ``train``'s defaults again for its help; they must be the
+    ones a run from the API gets."""
+    from training.trainer import TrainConfig
+
+    args = build_parser().parse_args(["train"])
+    cfg = TrainConfig()
+    for name in ("model", "dataset", "mode", "epochs", "batch_size", "optimizer", "lr",
+                 "weight_decay", "seed", "chip_seed", "range_margin", "programming",
+                 "test_size"):
+        assert getattr(args, name) == getattr(cfg, name), name
+    assert args.no_read_noise is not cfg.read_noise

@@ -86,7 +86,9 @@ class TrainConfig:
     epochs: int = 5
     batch_size: int = 64
     optimizer: str = "adamw"
-    lr: float = 1e-3
+    #: the paper's AdamW learning rate: 5 mixed LeNet epochs end within 0.4 point of float
+    #: here (1e-3: 2.9 points below, README)
+    lr: float = 4e-3
     weight_decay: float = 0.0
     seed: int = 0
     chip_seed: int = 0
