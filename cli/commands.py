@@ -377,14 +377,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                       lr=args.lr, weight_decay=args.weight_decay, surrogate=surrogate_config(args),
                       seed=args.seed, chip_seed=args.chip_seed, range_margin=args.range_margin,
                       read_noise=not args.no_read_noise, programming=args.programming,
-                      test_size=args.test_size)
-    if not cfg.analog:
+                      test_size=args.test_size, qat_noise=args.qat_noise)
+    if not cfg.needs_table:
         check_unused_calibration(args, "--mode float trains plain torch on no chip")
     out = args.out or Path("runs") / f"{cfg.model}-{cfg.mode}-seed{cfg.seed}"
     check_writable_folder(out, what="--out")
     if args.plot is not None:
         check_writable_folder(args.plot, what="--plot")
-    table = load_calibration(args) if cfg.analog else None
+    table = load_calibration(args) if cfg.needs_table else None
     result = train(cfg, out=out, table=table, resume=args.resume, device=args.device)
     payload = result.summary()
     status = 0
@@ -404,17 +404,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from training.trainer import evaluate, load_checkpoint
+    from training.trainer import DIGITAL_MODES, evaluate, load_checkpoint
 
     try:
         ckpt = load_checkpoint(args.checkpoint)
     except CircuitSimError as err:
         err.field = "checkpoint"
         raise
-    analog = ckpt["config"]["mode"] != "float"
+    mode = ckpt["config"]["mode"]
+    analog = mode not in DIGITAL_MODES
     table = None
     if not analog and args.fresh_chip is None:
-        check_unused_calibration(args, "a float checkpoint is evaluated on no chip unless "
+        check_unused_calibration(args, f"a {mode} checkpoint is evaluated on no chip unless "
                                        "--fresh-chip is given")
     elif args.table is not None or not analog:
         table = load_calibration(args)
@@ -426,5 +427,5 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate(args.checkpoint, args.dataset, table=table, fresh_chip=args.fresh_chip,
                       device=args.device, loaded=ckpt)
     where = f"a fresh chip (seed {args.fresh_chip})" if args.fresh_chip is not None else \
-        ("the training chip" if result["mode"] != "float" else "float weights")
+        ("the training chip" if analog else f"{mode} weights")
     emit(args, result, f"test accuracy {100 * result['test_accuracy']:.2f}% on {where}")

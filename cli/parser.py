@@ -213,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--model", default="lenet", help="lenet, vgg8 or resnet18")
     tr.add_argument("--dataset", default="mnist5k",
                     help="mnist5k (default), mnist:DIR or cifar10:DIR (never downloaded)")
-    tr.add_argument("--mode", default="mixed", help="mixed (default), naive or float")
+    tr.add_argument("--mode", default="mixed",
+                    help="mixed (default), naive, float or qat (software, weights "
+                         "fake-quantized to the table's levels with noise injected)")
     tr.add_argument("--epochs", type=_positive_int, default=5,
                     help="epochs to train (with --resume: the total, default 5)")
     tr.add_argument("--batch-size", type=_positive_int, default=64,
@@ -233,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--range-margin", type=_number, default=3.0,
                     help="weight range mapped onto the devices, times the initial max |w| "
                          "(weights trained from scratch grow 2-5x beyond their initial range)")
+    tr.add_argument("--qat-noise", type=_non_negative_number, default=0.5,
+                    help="qat: noise on each quantized weight in training, levels rms "
+                         "(default 0.5, the paper's programming error)")
     tr.add_argument("--no-read-noise", action="store_true", help="noise-free analog reads")
     tr.add_argument("--programming", default="exact",
                     help="exact (write-and-verify on the calibrated pulses, default) or "

@@ -305,6 +305,6 @@ def test_train_defaults_are_the_configuration_defaults():
     cfg = TrainConfig()
     for name in ("model", "dataset", "mode", "epochs", "batch_size", "optimizer", "lr",
                  "weight_decay", "seed", "chip_seed", "range_margin", "programming",
-                 "test_size"):
+                 "test_size", "qat_noise"):
         assert getattr(args, name) == getattr(cfg, name), name
     assert args.no_read_noise is not cfg.read_noise

@@ -6,7 +6,10 @@ A run trains one model on one dataset in one mode:
 ``mixed``   analog forward through surrogate tiles, digital backward, device writes only
             where the accumulated update passes the threshold (``training.optim``);
 ``naive``   the same analog forward, every device rewritten to its quantized target every
-            step (no accumulation).
+            step (no accumulation);
+``qat``     software training with the weights fake-quantized to the chip's levels and
+            the programming error injected as noise (``training.qat``), the baseline a
+            chip-aware software flow gives; it reads only the table's level count.
 
 The analog modes build a chip (``training.analog.AnalogChip``) from a calibration table,
 map the freshly initialized model onto it (every device written once from its floor; not
@@ -67,11 +70,15 @@ from training.data import Dataset, batches, load_dataset, parse_spec
 from training.errors import TrainingError, TrainingInterrupted
 from training.models import MODEL_NAMES, build_model
 from training.optim import MODES, MixedPrecisionOptimizer
+from training.qat import make_quantization_aware
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "TrainingInterrupted", "train",
-           "evaluate", "load_checkpoint", "TRAIN_MODES", "OPTIMIZERS", "CHECKPOINT_NAME"]
+           "evaluate", "load_checkpoint", "TRAIN_MODES", "DIGITAL_MODES", "OPTIMIZERS",
+           "CHECKPOINT_NAME"]
 
-TRAIN_MODES = ("float",) + MODES
+#: The modes that train in software (no chip); ``qat`` still takes its levels from a table.
+DIGITAL_MODES = ("float", "qat")
+TRAIN_MODES = DIGITAL_MODES + MODES
 OPTIMIZERS = ("sgd", "adam", "adamw")
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -93,6 +100,9 @@ class TrainConfig:
     seed: int = 0
     chip_seed: int = 0
     range_margin: float = 3.0
+    #: ``qat``: the noise on each quantized weight in training, levels rms (the paper's
+    #: programming error, 0.5 level)
+    qat_noise: float = 0.5
     read_noise: bool = True
     programming: str = "exact"
     test_size: int | None = None
@@ -126,7 +136,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} = {value!r} must be a whole number >= 0")
         for name, lo, hi in (("lr", 0.0, 10.0), ("weight_decay", -1e-12, 1.0),
-                             ("range_margin", 0.0, 100.0)):
+                             ("range_margin", 0.0, 100.0), ("qat_noise", -1e-12, 10.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not math.isfinite(value) or not lo < value <= hi:
@@ -135,6 +145,13 @@ class TrainConfig:
 
     @property
     def analog(self) -> bool:
+        """Trains on a simulated chip."""
+        return self.mode not in DIGITAL_MODES
+
+    @property
+    def needs_table(self) -> bool:
+        """Reads a calibration table: the analog modes for their chip, ``qat`` for its
+        levels."""
         return self.mode != "float"
 
     @property
@@ -260,12 +277,18 @@ def _build(cfg: TrainConfig, data: Dataset, device: torch.device, table: Table |
     model = build_model(cfg.model, num_classes=data.num_classes, input_shape=data.input_shape)
     model.to(device)
     chip = None
+    if cfg.needs_table and table is None:
+        raise ConfigError(f"mode {cfg.mode!r} needs a calibration table")
     if cfg.analog:
-        if table is None:
-            raise ConfigError(f"mode {cfg.mode!r} needs a calibration table")
         chip = _chip(cfg, table, cfg.chip_seed, device, cfg.read_noise)
         from_digital(model, chip, range_margin=cfg.range_margin)
+    elif cfg.mode == "qat":
+        make_quantization_aware(model, levels=_levels(table), noise=cfg.qat_noise)
     return model, chip
+
+
+def _levels(table: Table) -> int:
+    return table.hardware().levels.count
 
 
 def _rng_state(chip: AnalogChip | None, shuffle: torch.Generator) -> dict[str, Any]:
@@ -370,7 +393,7 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
     out = Path(out)
     ckpt_path = out / CHECKPOINT_NAME
     dev = pick_device(device)
-    if cfg.analog and table is None:
+    if cfg.needs_table and table is None:
         raise ConfigError(f"mode {cfg.mode!r} needs a calibration table (--table or --preset)")
     check_writable_folder(out, what="--out")
     saved = None
@@ -387,7 +410,7 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
                 raise TrainingError(f"{ckpt_path} is from another configuration "
                                     f"(saved vs asked: {diff}); use another --out or the "
                                     "same options")
-        _check_table(saved, table if cfg.analog else None)
+        _check_table(saved, table if cfg.needs_table else None)
     elif ckpt_path.exists():
         raise TrainingError(f"{ckpt_path} exists: pass --resume to continue that run, or "
                             "choose another --out (nothing was overwritten)")
@@ -413,7 +436,7 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
                 raise TrainingError(f"{ckpt_path} already holds {start_epoch} epochs, more "
                                     f"than the {cfg.epochs} asked for: ask for more with "
                                     "--epochs")
-        table_path, table_hash = _table_id(table if cfg.analog else None)
+        table_path, table_hash = _table_id(table if cfg.needs_table else None)
 
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
@@ -455,6 +478,7 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "rng": _rng_state(chip, shuffle), "history": history,
                 "table_path": table_path, "table_hash": table_hash,
+                "qat_levels": _levels(table) if cfg.mode == "qat" else None,
                 "dataset": {"name": data.name, "num_classes": data.num_classes,
                             "input_shape": list(data.input_shape)},
             }, ckpt_path, kept)
@@ -530,12 +554,15 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
         model.load_state_dict(ckpt["model"])
         if fresh_chip is not None:
             if table is None:
-                raise ConfigError("a float checkpoint needs a calibration table (--table or "
-                                  "--preset) to be programmed onto a chip")
+                raise ConfigError(f"a {cfg.mode} checkpoint needs a calibration table "
+                                  "(--table or --preset) to be programmed onto a chip")
             chip = _chip(cfg, table, fresh_chip, dev, read_noise)
             from_digital(model, chip, range_margin=1.0)
         else:
-            table = None                                   # float weights read no table
+            table = None                                   # software weights read no table
+            if cfg.mode == "qat":                          # on its levels, without noise
+                make_quantization_aware(model, levels=int(ckpt["qat_levels"]),
+                                        noise=cfg.qat_noise)
     result["test_accuracy"] = accuracy(model, data.test, device=dev)
     result["table"], result["table_hash"] = _table_id(table)
     return result
