@@ -334,9 +334,9 @@ def check_unused_calibration(args: argparse.Namespace, why: str) -> None:
               file=sys.stderr)
 
 
-def _case_progress(label: str):
+def _case_progress(label: str, what: str = "tiles solved in ngspice"):
     def show(done: int, total: int) -> None:
-        print(f"{label}: {done}/{total} tiles solved in ngspice", file=sys.stderr, flush=True)
+        print(f"{label}: {done}/{total} {what}", file=sys.stderr, flush=True)
     return show
 
 
@@ -401,6 +401,31 @@ def cmd_train(args: argparse.Namespace) -> int:
                f"writes; checkpoint {result.checkpoint}")
     emit(args, payload, summary)
     return status
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from training.sweep import load_spec, run_sweep
+
+    spec = load_spec(args.spec)
+    out = args.out or Path("sweeps") / Path(args.spec).stem
+    result = run_sweep(spec, out=out, workers=args.workers, scheduler=args.scheduler,
+                       resume=args.resume, plots=not args.no_plots,
+                       progress=_case_progress("sweep", "runs finished"))
+    payload = result.summary()
+    done = [r for r in result.rows if r["status"] == "done"]
+    lines = [f"{len(done)} of {len(result.rows)} runs done ({result.failed} failed); "
+             f"results in {result.table}"]
+    for row in result.rows:
+        axes = ", ".join(f"{a}={row[a]}" for a in spec.axes)
+        if row["status"] == "done":
+            fresh = row["fresh_chip_accuracy"]
+            lines.append(f"  {axes}: test {100 * row['test_accuracy']:.2f}%"
+                         + (f", fresh chips {100 * fresh:.2f}%" if fresh is not None else "")
+                         + f", {row['device_writes']} device writes")
+        else:
+            lines.append(f"  {axes}: FAILED: {row['error']}")
+    emit(args, payload, "\n".join(lines))
+    return 1 if result.failed else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

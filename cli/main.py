@@ -24,6 +24,8 @@ _INTERRUPTED = {
                  "table); run the same command again to resume from them",
     "demo": "the calibration's finished ngspice jobs are kept; run the demo again to resume",
     "train": "no epoch had finished, so no checkpoint was written",
+    "sweep": "the finished runs and the others' last epochs are kept in --out; run the "
+             "same command with --resume to continue",
 }
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from cli.commands import (cmd_array, cmd_calibrate, cmd_device_fit, cmd_device_pulses,
-                          cmd_device_synthesize, cmd_evaluate, cmd_report, cmd_train,
-                          cmd_validate)
+                          cmd_device_synthesize, cmd_evaluate, cmd_report, cmd_sweep,
+                          cmd_train, cmd_validate)
 from cli.demo import cmd_demo
 from netlists.errors import ConfigError
 
@@ -250,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     _add_table_options(tr)
     _add_common(tr)
+
+    sw = _command(sub, "sweep", cmd_sweep,
+                  "a grid of train (and fresh-chip evaluate) runs from one spec")
+    sw.add_argument("spec", type=Path, help="the spec, TOML ([base], [grid], [evaluate]; "
+                                            "see experiments/README.md)")
+    sw.add_argument("--out", type=Path, help="results folder (default sweeps/SPEC-NAME)")
+    sw.add_argument("--workers", type=_non_negative_int, default=2,
+                    help="local worker processes, one run each (0: in this process)")
+    sw.add_argument("--scheduler", help="address of a Dask distributed scheduler")
+    sw.add_argument("--resume", action="store_true",
+                    help="continue the sweep in --out (finished runs are kept)")
+    sw.add_argument("--no-plots", action="store_true", help="write no plots")
+    _add_json(sw)
 
     ev = _command(sub, "evaluate", cmd_evaluate, "test accuracy of a trained checkpoint")
     ev.add_argument("--checkpoint", type=Path, required=True,
