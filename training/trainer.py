@@ -40,8 +40,8 @@ A run fails early and leaves the last checkpoint as it was:
 Evaluation reads the test split through the same analog path (with read and ADC noise) on
 the chip the model was trained on, or, with ``fresh_chip``, on a new simulated chip: new
 device-to-device draws, every device written from its floor to the trained weights
-(programming error included), no retraining. A ``float`` model is mapped onto a chip the
-same way. On the dataset the run trained on, the test split is the run's own (for
+(programming error included), no retraining. A ``float`` or ``qat`` model is mapped onto a
+chip the same way. On the dataset the run trained on, the test split is the run's own (for
 ``mnist5k``, the one held out with its ``seed`` and ``test_size``); the result says how many
 samples were scored, with which split seed, and which calibration table was read.
 """
