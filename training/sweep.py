@@ -26,7 +26,8 @@ executor (:func:`calibration.executor.run_jobs`): each in its own folder
 ``OUT/runs/<id>/`` (its checkpoint, and ``result.json`` once it is done), so that a killed
 sweep, run again with ``resume=True``, skips the finished runs and resumes the others from
 their last epoch; a failed run is reported by its parameters and the others go on. The
-calibration tables are found (or built) in the cache first, in this process. The results:
+calibration tables are found (or built) in the cache first, from this process; on a Dask
+cluster the tables and ``OUT`` must be on a file system the workers share. The results:
 ``OUT/results.csv`` and ``OUT/results.json`` (a row per run) and plots in ``OUT/plots/``.
 ``OUT/spec.json`` holds the spec, so that a folder of another spec is refused.
 """
@@ -222,7 +223,7 @@ class SweepResult:
                 "plots": [str(p) for p in self.plots], "failed": self.failed}
 
 
-def _tables(spec: Spec, workers: int) -> dict[int, str | None]:
+def _tables(spec: Spec, workers: int, scheduler: str | None) -> dict[int, str | None]:
     """Per run, the calibration table's path (None where it needs none), found or built in
     the cache here."""
     from calibration.calibrate import calibrate
@@ -240,7 +241,8 @@ def _tables(spec: Spec, workers: int) -> dict[int, str | None]:
                 hw = preset(run.preset)
                 if run.hw_config is not None:
                     hw, _ = load_config(run.hw_config, base=hw)
-                found[key] = str(calibrate(hw, preset=run.preset, workers=workers).path)
+                found[key] = str(calibrate(hw, preset=run.preset, workers=workers,
+                                           scheduler=scheduler).path)
             paths[run.index] = found[key]
     return paths
 
@@ -267,7 +269,7 @@ def run_sweep(spec: Spec, *, out: str | os.PathLike[str], workers: int = 2,
         out.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"path": str(spec.path), "digest": spec.digest, "spec": spec.text})
         atomic_write(marker, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    tables = _tables(spec, workers)
+    tables = _tables(spec, workers, scheduler)
     # A local pool's workers share the cores; a run in this process keeps its threads.
     threads = max(1, (os.cpu_count() or 1) // workers) if workers and not scheduler else None
     pending = [r for r in spec.runs
