@@ -111,6 +111,8 @@ class FitResult:
     predicted_us: list[np.ndarray]
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    #: what the data leaves out, said but not a warning
+    notes: list[str] = field(default_factory=list)
     spice_rms_us: float | None = None
     spice_max_us: float | None = None
     spice_predicted_us: list[np.ndarray] | None = None
@@ -138,6 +140,7 @@ class FitResult:
             "read_noise_us": r(self.read_noise_us),
             "fit_seconds": r(self.seconds),
             "warnings": list(self.warnings),
+            "notes": list(self.notes),
         }
 
 
@@ -473,6 +476,9 @@ def fit_device(data: MeasuredData, hw: HardwareConfig, *, runner: SpiceRunner,
             warnings.append(f"{n} = {fitted[n]:.4g} ended on the bound of its search range")
     if not sol.success:
         warnings.append(f"the least-squares fit stopped without converging: {sol.message}")
+    notes = [] if read_noise is not None else [
+        "no repeated reads (polarity 'read'): the read noise is unknown, so c2c_sigma "
+        "includes it and no [surrogate] read_noise is written"]
     return FitResult(
         hardware=fit_hw, params=fitted, start=start, relative_error=rel,
         determined={n: rel[n] < DETERMINED_BELOW for n in names}, devices=devices,
@@ -480,7 +486,7 @@ def fit_device(data: MeasuredData, hw: HardwareConfig, *, runner: SpiceRunner,
         max_us=float(np.max(np.abs(step_resid))),
         trains_rms_us=float(np.sqrt(np.mean(resid ** 2))),
         trains_max_us=float(np.max(np.abs(resid))), predicted_us=predicted,
-        seconds=time.perf_counter() - started, warnings=warnings)
+        seconds=time.perf_counter() - started, warnings=warnings, notes=notes)
 
 
 def _values(names: Sequence[str], logs: np.ndarray) -> dict[str, float]:
@@ -623,6 +629,7 @@ def write_fit(path: str | Path, result: FitResult, *, preset: str,
         lines.append(f"#   {name} = {value:.6g} (relative error "
                      f"{result.relative_error[name]:.2g}: {what})")
     lines += [f"# WARNING: {w}" for w in result.warnings]
+    lines += [f"# Note: {n}" for n in result.notes]
     text = "\n".join(lines) + "\n\n" + tomli_w.dumps(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -146,6 +146,8 @@ def cmd_device_fit(args: argparse.Namespace) -> int:
             status = _keep_despite_plot(payload, err)
     for warning in result.warnings:
         print(f"circuitsim: warning: {warning}", file=sys.stderr)
+    for note in result.notes:
+        print(f"circuitsim: note: {note}", file=sys.stderr)
     lines = [f"fitted {len(result.params)} parameters to {payload['devices']} device(s), "
              f"{payload['pulses']} pulses in {result.seconds:.1f} s: one-step rms "
              f"{result.rms_us:.3f} uS (max {result.max_us:.3f}); free-running trains rms "

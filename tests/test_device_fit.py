@@ -133,7 +133,7 @@ def _check_round_trip(result, truth):
         assert abs(off) < 3 * result.relative_error[name] + 0.06, (name, value)
     c2c = result.spread["c2c_sigma"]
     assert c2c["estimated"] and abs(c2c["value"] / truth["c2c_sigma"] - 1) < 0.3
-    assert result.read_noise_us == pytest.approx(0.05, rel=0.25)
+    assert result.read_noise_us == pytest.approx(0.05, rel=0.25) and result.notes == []
 
 
 def test_round_trip_of_a_second_device(chip, runner):
@@ -142,6 +142,18 @@ def test_round_trip_of_a_second_device(chip, runner):
     result = confirm_in_spice(fit_device(data, chip, runner=runner), data, runner=runner)
     _check_round_trip(result, OTHER)
     assert result.devices[0]["pulses"] == sum(c for k, *_, c in DEFAULT_SCHEDULE if k != "read")
+
+
+def test_without_repeated_reads_the_read_noise_is_said_unknown(chip, runner, tmp_path):
+    from circuitsim.device_fit import write_fit
+
+    schedule = [step for step in DEFAULT_SCHEDULE if step[0] != "read"]
+    data = synthesize(device_block(chip, TRUTH), runner=runner, devices=1, seed=3,
+                      schedule=schedule, read_noise_us=0.05)
+    result = fit_device(data, chip, runner=runner)
+    assert result.read_noise_us is None and "read noise is unknown" in result.notes[0]
+    text = write_fit(tmp_path / "fit.toml", result, preset="chip").read_text()
+    assert "# Note: no repeated reads" in text and "\n[surrogate]\n" not in text
 
 
 def test_fit_command_on_the_example(tmp_path, chip):
@@ -225,6 +237,7 @@ def test_fewer_pulses_than_unknowns_are_refused(chip, runner, tmp_path):
         fit_device(data, chip, runner=runner)
     reads = read_measured(_write(tmp_path / "reads.csv", ["d0,0,,,,,6", "d0,1,read,,,,6"]),
                           chip)
+    assert reads.pulses == 0
     with pytest.raises(ConfigError, match="no set or reset pulse"):
         fit_device(reads, chip, runner=runner)
 
