@@ -98,7 +98,6 @@ class FitResult:
 
     hardware: HardwareConfig
     params: dict[str, float]
-    start: dict[str, float]
     relative_error: dict[str, float]
     determined: dict[str, bool]
     devices: list[dict[str, Any]]
@@ -368,16 +367,13 @@ def _rates_from_scales(hw: HardwareConfig, cell: CellReference, prob: _Problem,
         i, vdev, temp = cell.solve(bias, np.array([n]))
         vsw = bias.polarity * (vdev - i * hw.device.r_series_ohm)
         points.append((bias.polarity, float(vsw[0]), float(temp[0]), int(mine.sum())))
-    base = dict(dataclasses.asdict(cell.hw.device))
-
     def log_rates(logs: np.ndarray) -> np.ndarray:
-        params = dataclasses.replace(cell.hw.device, **{**{n: base[n] for n in rate_names},
-                                                         **_values(rate_names, logs)})
-        model = BulkSwitchingModel(params)
+        model = BulkSwitchingModel(dataclasses.replace(cell.hw.device,
+                                                       **_values(rate_names, logs)))
         return np.array([math.log(abs(float(model.hop_rate(pol, v, t))) + 1e-300)
                          for pol, v, t, _ in points])
 
-    x0 = np.log([base[n] for n in rate_names])
+    x0 = np.log([getattr(cell.hw.device, n) for n in rate_names])
     target = log_rates(x0) + np.log(scale)
     weight = np.sqrt([c for *_, c in points])
     bounds = np.array([_bounds(n, hw) for n in rate_names]).T
@@ -480,7 +476,7 @@ def fit_device(data: MeasuredData, hw: HardwareConfig, *, runner: SpiceRunner,
         "no repeated reads (polarity 'read'): the read noise is unknown, so c2c_sigma "
         "includes it and no [surrogate] read_noise is written"]
     return FitResult(
-        hardware=fit_hw, params=fitted, start=start, relative_error=rel,
+        hardware=fit_hw, params=fitted, relative_error=rel,
         determined={n: rel[n] < DETERMINED_BELOW for n in names}, devices=devices,
         spread=spread, read_noise_us=read_noise, rms_us=step_rms,
         max_us=float(np.max(np.abs(step_resid))),

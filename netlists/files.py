@@ -110,16 +110,10 @@ def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
         _fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException:
-        _unlink_quietly(tmp)
+        _remove(tmp.unlink)
         raise
     _fsync_dir(target.parent)
 
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 def save_png(fig: Any, path: Path | str, *, dpi: int = 120) -> Path:
