@@ -22,6 +22,8 @@ Decks
                             voltage; ``.dc`` over the cell voltage.
 ``render_tia_dc_deck``      one TIA fed by a swept current source with a parallel source
                             resistance (the column seen from its TIA); ``.dc``.
+``render_tia_load_dc_deck`` one TIA per source resistance, all on one swept input
+                            current; ``.dc``.
 ``render_tia_pulse_deck``   one TIA per input current, each fed two bit-serial input pulses
                             of that current (as a bit-serial read applies them); ``.tran``.
 ``render_adc_weights_deck`` ADC front-ends clocked as in the tile deck, each fed a PWL
@@ -77,6 +79,7 @@ __all__ = [
     "bit_pulse_pwl",
     "render_cell_sweep_deck",
     "render_tia_dc_deck",
+    "render_tia_load_dc_deck",
     "render_tia_pulse_deck",
     "render_adc_weights_deck",
     "render_adc_transfer_deck",
@@ -238,7 +241,42 @@ def render_tia_dc_deck(hw: HardwareConfig, i_lo: float, i_hi: float, n_i: int,
     return "\n".join(out) + "\n"
 
 
-def render_tia_pulse_deck(hw: HardwareConfig, currents: Sequence[float], r_source_ohm: float,
+def render_tia_load_dc_deck(hw: HardwareConfig, i_lo: float, i_hi: float, n_i: int,
+                            r_sources_ohm: Sequence[float], *,
+                            name: str = "tia_load_dc") -> str:
+    """``.dc`` deck of one TIA per source resistance, all fed the same swept current.
+
+    TIA ``k`` (input ``tin<k>``, output ``tout<k>``) sits on the Norton source of
+    :func:`render_tia_dc_deck` with ``r_sources_ohm[k]`` to ground; its current is
+    ``lo + step * v(idx)`` through a unit VCCS from the index node, so one sweep gives every
+    load's transfer. Saved: ``v(tout<k>)``.
+    """
+    check_count("n_i", n_i)
+    if not (math.isfinite(i_lo) and math.isfinite(i_hi) and i_lo < i_hi):
+        raise ConfigError(f"input currents [{i_lo!r}, {i_hi!r}] A must be finite and increasing")
+    r = np.asarray(r_sources_ohm, dtype=float).ravel()
+    if r.size == 0 or not np.all(np.isfinite(r) & (r > 0)):
+        raise ConfigError(f"r_sources_ohm = {r_sources_ohm!r} must be positive resistances")
+    step = (i_hi - i_lo) / (n_i - 1)
+    out = [f"{name}: {r.size} TIAs on their own source resistances, input current swept "
+           f"{fmt(float(i_lo))} .. {fmt(float(i_hi))} A in {n_i} points",
+           "* Rendered by netlists.calibration_decks.render_tia_load_dc_deck.",
+           ".options klu", "", tia_subckt(hw.tia),
+           "* index sweep: the current is lo + step * v(idx), v(idx) = 0 .. n-1",
+           "Vidx idx 0 DC 0"]
+    for k, rk in enumerate(r):
+        out.append(f"Ilo{k} 0 tin{k} DC {fmt(float(i_lo))}")
+        out.append(f"Gstep{k} 0 tin{k} idx 0 {fmt(step)}")
+        out.append(f"Rsrc{k} tin{k} 0 {fmt(float(rk))}")
+        out.append(f"Xtia{k} tin{k} tout{k} {TIA_SUBCKT}")
+    out.append(f".dc Vidx 0 {n_i - 1} 1")
+    out += _save_lines([f"v(tout{k})" for k in range(r.size)])
+    out.append(".end")
+    return "\n".join(out) + "\n"
+
+
+def render_tia_pulse_deck(hw: HardwareConfig, currents: Sequence[float],
+                          r_source_ohm: float | Sequence[float],
                           timing: ReadTiming, *, steps_per_bit: int,
                           name: str = "tia_pulse") -> str:
     """``.tran`` deck: one TIA per input current, each fed two equal bit-serial pulses.
@@ -246,7 +284,8 @@ def render_tia_pulse_deck(hw: HardwareConfig, currents: Sequence[float], r_sourc
     TIA ``k`` (input ``tin<k>``, output ``tout<k>``) gets the current ``currents[k]`` as two
     consecutive one-bit pulses shaped as the tile deck's row drive (:func:`bit_pulse_pwl`:
     rise over ``t_edge`` from ``k T``, flat, fall over the last ``t_edge``), in parallel with
-    ``r_source_ohm`` to ground. Bit 0 starts from rest; bit 1 follows an equal bit. A
+    ``r_source_ohm`` to ground (one value for all, or one per current). Bit 0 starts from
+    rest; bit 1 follows an equal bit. A
     zero-valued PWL ``Vmark`` has its corners at the front-end's sample instants
     (``timing.sample_times_s()``), so the transient has a time point exactly on each. The
     transient runs to ``2 T`` with the tile deck's step (``t_bit_s / steps_per_bit``) and
@@ -256,8 +295,12 @@ def render_tia_pulse_deck(hw: HardwareConfig, currents: Sequence[float], r_sourc
     if i.size == 0 or not np.all(np.isfinite(i)):
         raise ConfigError("currents must be a non-empty list of finite numbers")
     check_count("steps_per_bit", steps_per_bit, lo=1)
-    if not (math.isfinite(r_source_ohm) and r_source_ohm > 0):
-        raise ConfigError(f"r_source_ohm = {r_source_ohm!r} must be a positive resistance")
+    r_src = np.broadcast_to(np.asarray(r_source_ohm, dtype=float), i.shape) \
+        if np.ndim(r_source_ohm) == 0 else np.asarray(r_source_ohm, dtype=float)
+    if r_src.shape != i.shape:
+        raise ConfigError(f"r_source_ohm has {r_src.size} values for {i.size} currents")
+    if not np.all(np.isfinite(r_src) & (r_src > 0)):
+        raise ConfigError(f"r_source_ohm = {r_source_ohm!r} must be positive resistances")
     T, te = timing.t_bit_s, timing.t_edge_s
     bits = 2
     samples = timing.sample_times_s()[:bits]
@@ -270,7 +313,7 @@ def render_tia_pulse_deck(hw: HardwareConfig, currents: Sequence[float], r_sourc
            f"Vmark mark 0 {marks}"]
     for k, ik in enumerate(i):
         out.append(f"Iin{k} 0 tin{k} {bit_pulse_pwl([ik, ik], T, te)}")
-        out.append(f"Rsrc{k} tin{k} 0 {fmt(r_source_ohm)}")
+        out.append(f"Rsrc{k} tin{k} 0 {fmt(float(r_src[k]))}")
         out.append(f"Xtia{k} tin{k} tout{k} {TIA_SUBCKT}")
     tstep = T / steps_per_bit
     out.append(f".tran {fmt(tstep)} {fmt(bits * T)} 0 {fmt(tstep)} uic")

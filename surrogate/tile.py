@@ -49,6 +49,7 @@ table's ``noise_v_rms``, added to ``D`` before the conversion.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -147,9 +148,14 @@ def effective_conductance(g: torch.Tensor, coefficients: Any, *, iterations: int
 class PreparedTiles:
     """Programmed tiles ready to read: what :meth:`TileSurrogate.prepare` computes once.
 
-    ``g`` (..., N, M) S; ``w_scaled`` = ``G v_read W`` (V per unit of ``lut``);
-    ``offset_v`` (..., M) the constant part of ``D``; ``linear`` True where no TIA of the
-    tile can leave its linear range (the shortcut is exact there); ``w`` = ``W`` in S.
+    ``g`` (..., N, M) S; ``w_scaled`` = ``G v_read W`` times each column's coefficient on
+    the first settling component (V per unit of ``lut``); ``offset_v`` (..., M) the constant
+    part of ``D``; ``linear`` True where no TIA of the tile can leave its linear range (the
+    shortcut is exact there); ``w`` = ``W`` in S; ``plane_weights`` (..., M, bits) each
+    column's weight of each bit-plane's settled output in ``D`` (its TIA's settling on that
+    column's conductance); ``w_extra`` (..., R - 1, N, M) the further settling components'
+    operands (``R = rank``, see :class:`TileSurrogate`); ``noise_scale`` (..., M) each
+    column's read-noise variance relative to the noise lookup's.
     """
 
     g: torch.Tensor
@@ -161,20 +167,42 @@ class PreparedTiles:
     #: the noise lookup in the last column of the odd rows; one GEMM of the interleaved
     #: lookup gives ``D`` and its noise variance together.
     w_noise: torch.Tensor
+    plane_weights: torch.Tensor
+    w_extra: torch.Tensor
+    noise_scale: torch.Tensor
 
     @property
     def all_linear(self) -> bool:
         return bool(torch.all(self.linear))
 
+    @property
+    def rank(self) -> int:
+        """Settling components the shortcut reads (1: one lookup and one GEMM)."""
+        return 1 + self.w_extra.shape[-3]
+
+    def put(self, which: torch.Tensor, part: "PreparedTiles") -> None:
+        """Write the tiles ``part`` into these at the places ``which`` (in place); ``part``
+        must have this rank."""
+        if part.rank != self.rank:
+            raise ConfigError(f"tiles of settling rank {part.rank} cannot replace tiles of "
+                              f"rank {self.rank}")
+        for f in dataclasses.fields(self):
+            getattr(self, f.name)[which] = getattr(part, f.name)
+
     def columns(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The operands of :meth:`TileSurrogate.analog_columns`: ``weights`` (..., M + 1, N),
-        ``w_scaled`` transposed with the read-noise variance per unit of the noise lookup
-        as its last row, and ``offset`` (..., M, 1)."""
+        """The operands of :meth:`TileSurrogate.analog_columns`: ``weights`` (..., M + 1,
+        R N), the settling components' operands transposed side by side (``w_scaled``
+        first) with the read-noise variance per unit of the noise lookup as the first N
+        entries of the last row, and ``offset`` (..., M, 2): each column's constant part of
+        ``D`` and its ``noise_scale``."""
         n, m = self.w_scaled.shape[-2:]
-        weights = self.w_noise.new_empty((*self.w_scaled.shape[:-2], m + 1, n))
-        weights[..., :m, :] = self.w_scaled.transpose(-1, -2)
-        weights[..., m, :] = self.w_noise[..., 1:2, -1]
-        return weights, self.offset_v[..., None]
+        r = self.rank
+        weights = self.w_noise.new_zeros((*self.w_scaled.shape[:-2], m + 1, r * n))
+        weights[..., :m, :n] = self.w_scaled.transpose(-1, -2)
+        for k in range(1, r):
+            weights[..., :m, k * n:(k + 1) * n] = self.w_extra[..., k - 1, :, :].transpose(-1, -2)
+        weights[..., m, :n] = self.w_noise[..., 1:2, -1]
+        return weights, torch.stack([self.offset_v, self.noise_scale], dim=-1)
 
     def sliced(self, rows: int, cols: int) -> "PreparedTiles":
         """The same tiles read on their first ``rows`` rows and ``cols`` columns only (exact:
@@ -185,7 +213,9 @@ class PreparedTiles:
         return PreparedTiles(g=self.g[..., :rows, :cols], w=self.w[..., :rows, :cols],
                              w_scaled=self.w_scaled[..., :rows, :cols],
                              offset_v=self.offset_v[..., :cols], linear=self.linear,
-                             w_noise=ext)
+                             w_noise=ext, plane_weights=self.plane_weights[..., :cols, :],
+                             w_extra=self.w_extra[..., :rows, :cols],
+                             noise_scale=self.noise_scale[..., :cols])
 
 
 @dataclass(frozen=True)
@@ -195,6 +225,31 @@ class TileRead:
 
     analog_v: torch.Tensor
     codes: torch.Tensor
+
+
+#: The shortcut reads as many settling components as keep its bound on the error of every
+#: column (all inputs at full scale) below this many LSB.
+SETTLING_TOLERANCE_LSB = 0.02
+
+
+def _settled_weights(bit_weight: np.ndarray, from_rest: float, repeat: float, tau_s: float,
+                     t_bit_s: float) -> np.ndarray:
+    """Each bit-plane's weight ``a`` in ``D`` (``D = sum_l a_l u_l``, ``u`` the settled
+    outputs) for a TIA that settles ``from_rest`` of a step from rest and ``repeat`` of a
+    repeated bit, with time constant ``tau_s``: ``a = w H`` (module docstring)."""
+    bits = bit_weight.size
+    rho = math.exp(-t_bit_s / tau_s) if tau_s > 0 else 0.0
+    eps = repeat - from_rest - rho * from_rest
+    h = np.zeros(bits)
+    h[0] = from_rest
+    if bits > 1:
+        h[1] = eps + rho * from_rest
+    for j in range(2, bits):
+        h[j] = rho * h[j - 1]
+    big_h = np.zeros((bits, bits))
+    for k in range(bits):
+        big_h[k, :k + 1] = h[k::-1]
+    return bit_weight @ big_h
 
 
 def _slope(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
@@ -245,6 +300,10 @@ class TileSurrogate:
             v_rest = np.asarray(tia.datasets["v_out_sampled"].data, float)
             v_rep = np.asarray(tia.datasets["v_out_sampled_repeat"].data, float)
             tau = float(tia.attrs["closed_loop_tau_s"])
+            g_load = np.asarray(tia.axes["g_source"].data, float)
+            rest_load = np.asarray(tia.datasets["settled_fraction_load"].data, float)
+            rep_load = np.asarray(tia.datasets["settled_fraction_repeat_load"].data, float)
+            tau_load = np.asarray(tia.datasets["closed_loop_tau_load"].data, float)
             bit_weight = np.asarray(adc.datasets["bit_weight"].data, float)
             d_offset = float(np.asarray(adc.datasets["d_offset"].data))
             transitions = np.asarray(adc.datasets["transition_v"].data, float)
@@ -280,27 +339,32 @@ class TileSurrogate:
         gain = hw.tia.r_feedback_ohm * hw.tia.open_loop_gain / (1.0 + hw.tia.open_loop_gain)
         self.tia_gain_ohm = gain
         alpha = s_rest / s_dc
-        rho = math.exp(-hw.drive.t_bit_s / tau) if tau > 0 else 0.0
-        eps = s_rep / s_dc - alpha - rho * alpha
-        h = np.zeros(bits)
-        h[0] = alpha
-        if bits > 1:
-            h[1] = eps + rho * alpha
-        for j in range(2, bits):
-            h[j] = rho * h[j - 1]
-        big_h = np.zeros((bits, bits))
-        for k in range(bits):
-            big_h[k, :k + 1] = h[k::-1]
-        a = bit_weight @ big_h                       # D = sum_l a_l u_l + d_offset
-        self.plane_weights = a
-        self.tia_settling = {"alpha": alpha, "eps": eps, "rho": rho}
+        t_bit = hw.drive.t_bit_s
+        a = _settled_weights(bit_weight, alpha, s_rep / s_dc, tau, t_bit)
+        self.plane_weights = a                       # D = sum_l a_l u_l + d_offset
+        rho = math.exp(-t_bit / tau) if tau > 0 else 0.0
+        self.tia_settling = {"alpha": alpha, "eps": s_rep / s_dc - alpha - rho * alpha,
+                             "rho": rho}
+        # Each column's own settling: the plane weights on each calibrated load, and an
+        # orthonormal basis of them (largest components first) that the shortcut reads.
+        load_a = np.stack([_settled_weights(bit_weight, f, r, t, t_bit)
+                           for f, r, t in zip(rest_load, rep_load, tau_load)])
+        _, _, basis = np.linalg.svd(load_a, full_matrices=True)
+        basis = basis * np.sign(basis.sum(axis=1, keepdims=True) + 1e-300)
+        self.settling_basis = basis                  # (bits, bits), rows orthonormal
         self.u0_v = -u0                              # settled "-v_out" at zero current
         self.d_offset_v = d_offset
         levels = np.arange(2 ** bits)
         planes = ((levels[:, None] >> np.arange(bits)) & 1).astype(float)   # (256, bits)
         kw = {"device": self.device, "dtype": dtype}
-        # Per input value: its weight in D (column 0) and in D's read-noise variance (1).
-        self.lut2 = torch.as_tensor(np.stack([planes @ a, planes @ (a ** 2)], axis=1), **kw)
+        self._g_load = torch.as_tensor(g_load, dtype=torch.float64)
+        self._a_load = torch.as_tensor(load_a, dtype=torch.float64)
+        self._basis = torch.as_tensor(basis, dtype=torch.float64)
+        # Per input value: its weight in D on each settling component (columns 0..bits-1)
+        # and in D's read-noise variance (last column).
+        self.lut_basis = torch.as_tensor(
+            np.concatenate([planes @ basis.T, (planes @ (a ** 2))[:, None]], axis=1), **kw)
+        self.lut2 = self.lut_basis[:, [0, bits]].contiguous()
         self._lut_columns = (self.lut2[:, 0].contiguous(), self.lut2[:, 1].contiguous())
         self.plane_a = torch.as_tensor(a, **kw)
         self.planes = torch.as_tensor(planes, **kw)
@@ -340,16 +404,30 @@ class TileSurrogate:
     def to(self, device: torch.device | str) -> "TileSurrogate":
         """Move the constant tensors to ``device`` (in place); returns self."""
         self.device = torch.device(device)
-        for name in ("lut2", "plane_a", "planes", "_u_table", "transitions"):
+        for name in ("lut2", "lut_basis", "plane_a", "planes", "_u_table", "transitions"):
             setattr(self, name, getattr(self, name).to(self.device))
         self._lut_columns = (self.lut2[:, 0].contiguous(), self.lut2[:, 1].contiguous())
         return self
 
     # -- programming -------------------------------------------------------------------------
-    def prepare(self, g: torch.Tensor, *, check: bool = True) -> PreparedTiles:
+    def column_plane_weights(self, colsum: torch.Tensor) -> torch.Tensor:
+        """(..., M, bits): each column's plane weights on its conductance ``colsum`` (...,
+        M) (S, the column seen from its TIA), interpolated between the calibrated loads
+        (held at the nearest end outside them)."""
+        g_axis, a_axis = self._g_load.to(colsum.device), self._a_load.to(colsum.device)
+        gs = colsum.to(torch.float64).clamp(float(g_axis[0]), float(g_axis[-1]))
+        hi = torch.searchsorted(g_axis, gs.contiguous()).clamp(1, g_axis.numel() - 1)
+        lo = hi - 1
+        frac = ((gs - g_axis[lo]) / (g_axis[hi] - g_axis[lo]))[..., None]
+        return a_axis[lo] * (1 - frac) + a_axis[hi] * frac
+
+    def prepare(self, g: torch.Tensor, *, check: bool = True,
+                rank: int | None = None) -> PreparedTiles:
         """Tiles of conductances ``g`` (..., N, M) in S -> what a read needs (module
         docstring). ``check=False`` skips the test that ``g`` is finite and non-negative
-        (for conductances that the programming model computed)."""
+        (for conductances that the programming model computed). ``rank``: at least this
+        many settling components (default: as few as keep every column within
+        ``SETTLING_TOLERANCE_LSB``)."""
         g = torch.as_tensor(g, dtype=self.dtype, device=self.device)
         if g.shape[-2:] != (self.rows, self.cols):
             raise ConfigError(f"conductances of shape {tuple(g.shape)}: the tile is "
@@ -363,15 +441,45 @@ class TileSurrogate:
         gain = self.tia_gain_ohm
         peak = gain * (v_read * colsum + abs(self.v_offset_v) * colsum)
         linear = torch.all(peak <= self.linear_limit_v, dim=-1)      # (...,)
-        total_a = float(self.plane_weights.sum())
+        a_cols = self.column_plane_weights(colsum)                   # (..., M, bits) f64
+        total_a = a_cols.sum(-1).to(w.dtype)
         offset = (-gain * self.v_offset_v * total_a * colsum
                   + self.u0_v * total_a + self.d_offset_v)
-        w_scaled = (gain * v_read) * w
+        basis = self._basis.to(a_cols.device)
+        coef = a_cols @ basis.T                                      # (..., M, bits)
+        r = self._settling_rank(a_cols, coef, basis, peak, rank)
+        coef = coef.to(w.dtype)
+        base = (gain * v_read) * w
+        w_scaled = base * coef[..., None, :, 0]
+        w_extra = torch.stack([base * coef[..., None, :, k] for k in range(1, r)], dim=-3) \
+            if r > 1 else w.new_zeros((*w.shape[:-2], 0, *w.shape[-2:]))
         ext = w.new_zeros((*w.shape[:-2], 2 * self.rows, self.cols + 1))
         ext[..., 0::2, :self.cols] = w_scaled
         ext[..., 1::2, self.cols] = (gain * v_read * self.read_noise_s) ** 2
+        ref = float(np.sum(self.plane_weights ** 2))
+        noise_scale = ((a_cols ** 2).sum(-1) / ref).to(w.dtype)
         return PreparedTiles(g=g, w=w, w_scaled=w_scaled, offset_v=offset, linear=linear,
-                             w_noise=ext)
+                             w_noise=ext, plane_weights=a_cols.to(w.dtype), w_extra=w_extra,
+                             noise_scale=noise_scale)
+
+    def _settling_rank(self, a_cols: torch.Tensor, coef: torch.Tensor, basis: torch.Tensor,
+                       peak: torch.Tensor, rank: int | None) -> int:
+        """The fewest settling components whose truncation moves no column's ``D`` by more
+        than ``SETTLING_TOLERANCE_LSB`` (bound: every plane at the column's largest
+        output ``peak``), and at least ``rank``."""
+        bits = basis.shape[0]
+        least = 1 if rank is None else int(rank)
+        if not 1 <= least <= bits:
+            raise ConfigError(f"rank = {rank!r} must be a whole number in [1, {bits}]")
+        if a_cols.numel() == 0:
+            return least
+        limit = SETTLING_TOLERANCE_LSB * self.lsb_v
+        top = peak.to(torch.float64)
+        for r in range(least, bits + 1):
+            resid = a_cols - coef[..., :r] @ basis[:r]
+            if r == bits or float(torch.amax(resid.abs().sum(-1) * top)) <= limit:
+                return r
+        return bits
 
     # -- reading ---------------------------------------------------------------------------
     def check_inputs(self, x: torch.Tensor) -> None:
@@ -397,19 +505,31 @@ class TileSurrogate:
             self.check_inputs(x)
         idx = x.to(torch.int32)
         noisy = generator is not None and read_noise and self.read_noise_s > 0
-        looked = self._look_up(idx, noisy)
         sigma2: torch.Tensor | float = 0.0
-        if tiles.all_linear and noisy:
-            out = torch.matmul(looked.reshape(*idx.shape[:-1], -1), tiles.w_noise)
-            d = out[..., :-1] + tiles.offset_v[..., None, :]
-            sigma2 = out[..., -1:]
-        elif tiles.all_linear:
-            d = torch.matmul(looked, tiles.w_scaled) + tiles.offset_v[..., None, :]
+        if tiles.all_linear and tiles.rank == 1:
+            looked = self._look_up(idx, noisy)
+            if noisy:
+                out = torch.matmul(looked.reshape(*idx.shape[:-1], -1), tiles.w_noise)
+                d = out[..., :-1] + tiles.offset_v[..., None, :]
+                sigma2 = out[..., -1:]
+            else:
+                d = torch.matmul(looked, tiles.w_scaled) + tiles.offset_v[..., None, :]
         else:
-            d = self._exact_planes(idx.to(torch.long), tiles)
+            r = tiles.rank
+            cols = list(range(r)) + [self.lut_basis.shape[1] - 1]
+            looked = self.lut_basis[:, cols].index_select(0, idx.reshape(-1)).reshape(
+                *idx.shape, r + 1)
+            if tiles.all_linear:
+                parts = torch.cat([looked[..., k] for k in range(r)], dim=-1)
+                ops = torch.cat([tiles.w_scaled[..., None, :, :], tiles.w_extra], dim=-3)
+                d = torch.matmul(parts, ops.flatten(-3, -2)) + tiles.offset_v[..., None, :]
+            else:
+                d = self._exact_planes(idx.to(torch.long), tiles)
             if noisy:
                 scale = self.tia_gain_ohm * self.hw.drive.v_read_v * self.read_noise_s
-                sigma2 = scale ** 2 * looked[..., 1].sum(-1, keepdim=True)
+                sigma2 = scale ** 2 * looked[..., r].sum(-1, keepdim=True)
+        if noisy:
+            sigma2 = sigma2 * tiles.noise_scale[..., None, :]
         return self._add_noise(d, sigma2, generator, noisy, adc_noise)
 
     def analog_columns(self, xt: torch.Tensor, weights: torch.Tensor, offset: torch.Tensor,
@@ -418,7 +538,7 @@ class TileSurrogate:
         """:meth:`analog` with the input vectors along the LAST axis: ``D`` (..., M, B) for
         inputs ``xt`` (..., N, B), on the shortcut (tiles with ``all_linear`` only).
 
-        ``weights`` (..., M + 1, N) and ``offset`` (..., M, 1) come from
+        ``weights`` (..., M + 1, R N) and ``offset`` (..., M, 2) come from
         :meth:`PreparedTiles.columns`; tiles that share their inputs may be stacked along
         M (their rows first, one noise row last). The layout of unfolded convolutions: the
         per-vector reductions and broadcasts run along contiguous memory.
@@ -450,14 +570,23 @@ class TileSurrogate:
         idx = xt.to(torch.int32)
         noisy = generator is not None and read_noise and self.read_noise_s > 0
         m = weights.shape[-2] - 1
+        n = idx.shape[-2]
+        rank = weights.shape[-1] // n
         w = weights[..., :m, :] * scale if scale != 1.0 else weights[..., :m, :]
         sigma2: torch.Tensor | float = 0.0
         flat = idx.reshape(-1)
-        # two contiguous gathers: GEMM operands without a copy
-        d = torch.matmul(w, self._lut_columns[0].index_select(0, flat).view(idx.shape))
+        # contiguous gathers: GEMM operands without a copy
+        if rank == 1:
+            looked = self._lut_columns[0].index_select(0, flat).view(idx.shape)
+        else:
+            looked = torch.cat([self.lut_basis[:, k].index_select(0, flat).view(idx.shape)
+                                for k in range(rank)], dim=-2)
+        d = torch.matmul(w, looked)
         if noisy:
             units = self._lut_columns[1].index_select(0, flat).view(idx.shape)
-            sigma2 = torch.matmul(weights[..., m:, :], units).mul_(scale ** 2)
+            sigma2 = torch.matmul(weights[..., m:, :n], units).mul_(scale ** 2)
+            sigma2 = sigma2 * offset[..., 1:2]
+        offset = offset[..., :1]
         d += offset * scale + shift if (scale != 1.0 or shift) else offset
         return self._add_noise(d, sigma2, generator, noisy, adc_noise, scale)
 
@@ -502,7 +631,9 @@ class TileSurrogate:
         lo = torch.clamp(torch.floor(pos), max=n - 2).to(torch.long)
         frac = pos - lo
         u = self._u_table[lo] * (1 - frac) + self._u_table[lo + 1] * frac
-        return torch.einsum("...km,k->...m", u, self.plane_a) + self.d_offset_v
+        # each column's own plane weights, (..., M, bits) -> (..., 1, M, bits) against B
+        pw = tiles.plane_weights.transpose(-1, -2)[..., None, :, :]   # (..., 1, bits, M)
+        return (u * pw).sum(-2) + self.d_offset_v
 
     def quantize(self, d: torch.Tensor, *, dtype: torch.dtype = torch.int64) -> torch.Tensor:
         """ADC codes of accumulated voltages ``d``: the number of measured transition levels

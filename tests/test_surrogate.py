@@ -329,7 +329,7 @@ def test_the_column_read_is_the_read_transposed(table, dtype):
     tiles = s.prepare(_tiles(s, 3, seed=21))                       # (3, N, M)
     x = _inputs(s, 40, seed=22, lead=(3,))                         # (3, B, N)
     weights, offset = tiles.columns()
-    assert weights.shape == (3, s.cols + 1, s.rows) and offset.shape == (3, s.cols, 1)
+    assert weights.shape == (3, s.cols + 1, s.rows) and offset.shape == (3, s.cols, 2)
     want = s.analog(x, tiles)                                      # (3, B, M)
     got = s.analog_columns(x.transpose(1, 2), weights, offset)    # (3, M, B)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
@@ -420,3 +420,47 @@ def test_validate_command_line_refuses_a_bad_case_count(tiny_calibration, cases)
     assert proc.returncode == 2
     assert "usage error" in proc.stderr and "argument --cases" in proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["option"] == "--cases"
+
+
+@pytest.fixture(scope="module")
+def slow_table(tmp_path_factory) -> Table:
+    """The ``tiny`` preset with a slow op-amp (50 MHz): its TIAs settle visibly less on
+    strongly conducting columns."""
+    from calibration.calibrate import calibrate
+
+    hw = preset("tiny").replace(tia={"gbw_hz": 5e7})
+    res = calibrate(hw, preset="tiny", out=tmp_path_factory.mktemp("slow"), workers=0,
+                    surfaces=SURROGATE_SURFACES, progress=lambda done, total: None)
+    return open_table(res.path, expected_hash=res.content_hash)
+
+
+def test_settling_follows_each_columns_conductance(slow_table):
+    """A column's plane weights come from its own load: the more its cells conduct, the
+    less its TIA has settled; the shortcut's settling components reproduce the per-column
+    weights that the exact per-plane path applies, and the rank grows only as needed."""
+    s = TileSurrogate(slow_table, dtype=torch.float64)
+    tia = slow_table.surface("tia")
+    fractions = np.asarray(tia.datasets["settled_fraction_load"].data)
+    assert fractions[0] > fractions[-1] + 0.01, "the slow TIA settles less on heavy loads"
+    lo, hi = s.window_s
+    g = torch.full((s.rows, s.cols), lo, dtype=torch.float64)
+    g[:, s.cols // 2:] = hi                                   # light and heavy columns
+    tiles = s.prepare(g)
+    total = tiles.plane_weights.sum(-1)
+    assert float(total[-1]) < float(total[0]) - 1e-3
+    assert tiles.rank >= 1 and tiles.all_linear
+    x = _inputs(s, 64, seed=31)
+    shortcut = s.analog(x, tiles)
+    exact = s.analog(x, dataclasses.replace(tiles, linear=torch.zeros_like(tiles.linear)))
+    lsb = s.lsb_v
+    bound = 0.02 * lsb if tiles.rank < len(s.plane_weights) else 1e-9
+    # the exact path reads the TIA's DC transfer from its table: 1e-6 V is 3e-4 LSB
+    assert float((shortcut - exact).abs().max()) <= bound + 1e-6
+    full = s.prepare(g, rank=len(s.plane_weights))
+    np.testing.assert_allclose(s.analog(x, full).numpy(), exact.numpy(), atol=1e-6)
+    weights, offset = full.columns()
+    np.testing.assert_allclose(s.analog_columns(x.T, weights, offset).T.numpy(),
+                               s.analog(x, full).numpy(), atol=1e-12)
+    with pytest.raises(ConfigError, match="rank"):
+        full.put(torch.tensor([True]), s.prepare(g[None], rank=1)) if full.rank > 1 \
+            else s.prepare(g, rank=0)

@@ -316,8 +316,12 @@ class AnalogTiles(nn.Module):
         if self._prepared is None:
             return
         full = self._prepared
-        for name in ("g", "w", "w_scaled", "offset_v", "linear", "w_noise"):
-            getattr(full, name)[which] = getattr(part, name)
+        if part.rank > full.rank:                # the new tiles need more settling components
+            self._forget_tiles()
+            return
+        if part.rank < full.rank:
+            part = self.chip.reader.prepare(part.g, check=False, rank=full.rank)
+        full.put(which, part)
         self._operands = None
 
     def _forget_tiles(self) -> None:
@@ -340,7 +344,7 @@ class AnalogTiles(nn.Module):
                 tr, tc, m1, r = weights.shape
                 stacked = torch.cat([weights[:, :, :-1].reshape(tr, tc * (m1 - 1), r),
                                      weights[:, 0, -1:]], dim=1)
-                self._operands = ("columns", stacked, offset.reshape(tr, -1, 1))
+                self._operands = ("columns", stacked, offset.reshape(tr, -1, 2))
             else:
                 self._operands = ("planes", tiles)
         return self._operands
