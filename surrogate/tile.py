@@ -351,7 +351,6 @@ class TileSurrogate:
                            for f, r, t in zip(rest_load, rep_load, tau_load)])
         _, _, basis = np.linalg.svd(load_a, full_matrices=True)
         basis = basis * np.sign(basis.sum(axis=1, keepdims=True) + 1e-300)
-        self.settling_basis = basis                  # (bits, bits), rows orthonormal
         self.u0_v = -u0                              # settled "-v_out" at zero current
         self.d_offset_v = d_offset
         levels = np.arange(2 ** bits)
@@ -359,7 +358,8 @@ class TileSurrogate:
         kw = {"device": self.device, "dtype": dtype}
         self._g_load = torch.as_tensor(g_load, dtype=torch.float64)
         self._a_load = torch.as_tensor(load_a, dtype=torch.float64)
-        self._basis = torch.as_tensor(basis, dtype=torch.float64)
+        self._basis = torch.as_tensor(basis, dtype=torch.float64)  # rows orthonormal
+        self._noise_ref = float(np.sum(a ** 2))       # the noise lookup's sum of a^2
         # Per input value: its weight in D on each settling component (columns 0..bits-1)
         # and in D's read-noise variance (last column).
         self.lut_basis = torch.as_tensor(
@@ -404,7 +404,8 @@ class TileSurrogate:
     def to(self, device: torch.device | str) -> "TileSurrogate":
         """Move the constant tensors to ``device`` (in place); returns self."""
         self.device = torch.device(device)
-        for name in ("lut2", "lut_basis", "plane_a", "planes", "_u_table", "transitions"):
+        for name in ("lut2", "lut_basis", "plane_a", "planes", "_u_table", "transitions",
+                     "_g_load", "_a_load", "_basis"):
             setattr(self, name, getattr(self, name).to(self.device))
         self._lut_columns = (self.lut2[:, 0].contiguous(), self.lut2[:, 1].contiguous())
         return self
@@ -414,7 +415,7 @@ class TileSurrogate:
         """(..., M, bits): each column's plane weights on its conductance ``colsum`` (...,
         M) (S, the column seen from its TIA), interpolated between the calibrated loads
         (held at the nearest end outside them)."""
-        g_axis, a_axis = self._g_load.to(colsum.device), self._a_load.to(colsum.device)
+        g_axis, a_axis = self._g_load, self._a_load
         gs = colsum.to(torch.float64).clamp(float(g_axis[0]), float(g_axis[-1]))
         hi = torch.searchsorted(g_axis, gs.contiguous()).clamp(1, g_axis.numel() - 1)
         lo = hi - 1
@@ -445,7 +446,7 @@ class TileSurrogate:
         total_a = a_cols.sum(-1).to(w.dtype)
         offset = (-gain * self.v_offset_v * total_a * colsum
                   + self.u0_v * total_a + self.d_offset_v)
-        basis = self._basis.to(a_cols.device)
+        basis = self._basis
         coef = a_cols @ basis.T                                      # (..., M, bits)
         r = self._settling_rank(a_cols, coef, basis, peak, rank)
         coef = coef.to(w.dtype)
@@ -456,8 +457,7 @@ class TileSurrogate:
         ext = w.new_zeros((*w.shape[:-2], 2 * self.rows, self.cols + 1))
         ext[..., 0::2, :self.cols] = w_scaled
         ext[..., 1::2, self.cols] = (gain * v_read * self.read_noise_s) ** 2
-        ref = float(np.sum(self.plane_weights ** 2))
-        noise_scale = ((a_cols ** 2).sum(-1) / ref).to(w.dtype)
+        noise_scale = ((a_cols ** 2).sum(-1) / self._noise_ref).to(w.dtype)
         return PreparedTiles(g=g, w=w, w_scaled=w_scaled, offset_v=offset, linear=linear,
                              w_noise=ext, plane_weights=a_cols.to(w.dtype), w_extra=w_extra,
                              noise_scale=noise_scale)
