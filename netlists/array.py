@@ -398,9 +398,13 @@ def render_tile_op_deck(hw: HardwareConfig, states: object, row_v: object, *,
     # in a few iterations. It only seeds the iteration.
     guess = -hw.tia.r_feedback_ohm * (v @ device_model(hw).small_signal_conductance(n))
     guess = np.clip(guess, hw.tia.v_rail_low_v, hw.tia.v_rail_high_v)
+    # Six digits: a seed needs no more, and the last bits of the dot product and the
+    # device's exp() differ between CPUs; rounded, the deck text (and the calibration's
+    # content hash) is the same on every machine.
+    seeds = [f"{float(v_j):.6g}" for v_j in guess]
     for j0 in range(0, cols, 8):
         out.append(".nodeset " + " ".join(
-            f"v(tout{j})={fmt(float(guess[j]))} v(xtia{j}.ng)={fmt(float(guess[j]))} v(tin{j})=0"
+            f"v(tout{j})={seeds[j]} v(xtia{j}.ng)={seeds[j]} v(tin{j})=0"
             for j in range(j0, min(j0 + 8, cols))))
     out.append(".op")
     out += _save_lines([f"v(tout{j})" for j in range(cols)] + [f"v(tin{j})" for j in range(cols)])

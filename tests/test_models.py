@@ -42,13 +42,14 @@ def _small(hw: HardwareConfig) -> tuple[HardwareConfig, np.ndarray, np.ndarray]:
     return small, states, rng.integers(0, 256, 4)
 
 
-#: sha256 (first 16 hex digits) of texts rendered before the interfaces existed
+#: sha256 (first 16 hex digits) of texts rendered before the interfaces existed (the
+#: operating-point deck's since its .nodeset seeds are rounded to six digits)
 _GOLDEN = {
     ("chip", "library"): "14a9c0725d68ec62", ("other", "library"): "595e5a9bb9733c79",
     ("chip", "frontend"): "967b8dd6fdc7d1aa",
     ("chip", "quantizer"): "71e38ce8166e80fd", ("other", "quantizer"): "64c9c0cd44d2d727",
     ("chip", "tile"): "08d1ae6f34358812", ("other", "tile"): "362ff98b8f26896e",
-    ("chip", "op"): "e8351418db26e477", ("chip", "cell"): "f5733a59db69cdd6",
+    ("chip", "op"): "85c19be38d907352", ("chip", "cell"): "f5733a59db69cdd6",
     ("chip", "pulse"): "c5b327c1af67b3ec",
     ("chip", "adc_surface"): "daf26c41ff32d05b", ("other", "adc_surface"): "33e5c7609c9ccf8c",
 }
