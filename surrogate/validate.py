@@ -1,23 +1,31 @@
 """Check the surrogate tile against full ngspice solves: what ``circuitsim validate`` runs.
 
 Cases are drawn fresh (a seed stream of their own, apart from the calibration's draws, so
-none is a map the calibration fitted): conductance maps of the programmable levels (``hw.levels``:
-evenly over their window in the 1T1R cell's read window, each level's state and read conductance solved in
-ngspice) and 8-bit inputs. The worst cases come first and are interleaved with uniform
-random ones: every cell on the top level with every input at full scale (the largest
-currents and IR drop), every cell on the floor (the smallest signal), every cell on the top
-level with random inputs, and a map whose left half sits on the top level and right half on
-the floor, at full-scale inputs. Each case is solved as a whole bit-serial tile in ngspice
-(``circuitsim.tile.solve_tile``: the transistor-level cells, wires, TIAs, front-ends and
-quantizers) on a pool of worker processes, and read by the surrogate (no noise: the SPICE
-decks are deterministic).
+none is a map the calibration fitted): conductance maps of the programmable levels
+(``hw.levels``: evenly over their window in the 1T1R cell's read window, each level's state
+and read conductance solved in ngspice) and 8-bit inputs. The worst cases come first and
+are interleaved with uniform random ones: every cell on the top level with every input at
+full scale (the largest currents and IR drop), every cell on the floor (the smallest
+signal), every cell on the top level with random inputs, and a map whose left half sits on
+the top level and right half on the floor, at full-scale inputs. Where uniform random
+inputs on every row would carry the mean column past half the converter's full scale (a
+256-row tile sized for the paper's 0-70 uA column range), every other random case is
+``random-in-range``: random levels, with random inputs on only as many rows as bring the
+mean column to half the full scale (the rest at zero, as in a sparse activation vector),
+so that the codes are those a network's reads produce. Each case is solved as a whole
+bit-serial tile in ngspice (``circuitsim.tile.solve_tile``: the transistor-level cells,
+wires, TIAs, front-ends and quantizers) on a pool of worker processes, and read by the
+surrogate (no noise: the SPICE decks are deterministic).
 
 Compared: the accumulated front-end voltage ``D`` before the final conversion, in ADC LSB
 (rms, 99th percentile and maximum of ``|surrogate - SPICE|`` over all columns of all cases),
 the fraction of identical codes, and the same errors for an ideal linear crossbar of the
-same cell conductances (``D = R_f v_read x @ g / 2^bits``). Speed: the mean ngspice solve
-time per case against the surrogate's time per VMM at batch 1024 (one programmed tile,
-:meth:`~surrogate.tile.TileSurrogate.read` without noise, median of repeats).
+same cell conductances (``D = R_f v_read x @ g / 2^bits``). ``D`` is compared unclipped
+(past the full scale too, where the TIA is still linear) and as the converter sees it,
+clipped to ``[0, v_full_scale_v]``, with the fraction of columns past the full scale.
+Speed: the mean ngspice solve time per case against the surrogate's time per VMM at batch
+1024 (one programmed tile, :meth:`~surrogate.tile.TileSurrogate.read` without noise,
+median of repeats).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from netlists.config import HardwareConfig, SolverConfig
 from netlists.errors import ConfigError
 
 __all__ = ["ValidationCase", "ValidationResult", "draw_cases", "validate", "WORST_CASES",
+           "in_range_rows",
            "time_surrogate", "table_solver", "plot_validation"]
 
 #: The worst-case maps, in the order they are drawn (interleaved with random ones).
@@ -56,20 +65,28 @@ class ValidationCase:
 
 
 def draw_cases(rows: int, cols: int, count: int, *, seed: int, levels: int,
-               input_bits: int = 8) -> list[ValidationCase]:
-    """``count`` cases: worst ones at even positions until all are used, random otherwise."""
+               input_bits: int = 8, in_range_rows: int | None = None
+               ) -> list[ValidationCase]:
+    """``count`` cases: worst ones at even positions until all are used, random otherwise.
+
+    With ``in_range_rows`` below ``rows``, the random cases at odd positions drive only that
+    many random rows (``random-in-range``)."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(f"cases = {count!r} must be a whole number >= 1")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed = {seed!r} must be a whole number >= 0")
+    sparse = in_range_rows is not None and in_range_rows < rows
     rng = np.random.default_rng(np.random.SeedSequence([seed, _SEED_TAG]))
     top, full = levels - 1, 2 ** input_bits - 1
     out: list[ValidationCase] = []
     worst = iter(WORST_CASES)
     for i in range(count):
-        kind = next(worst, "random") if i % 2 == 0 else "random"
+        odd = "random-in-range" if sparse else "random"
+        kind = next(worst, "random") if i % 2 == 0 else odd
         x = rng.integers(0, full + 1, size=rows)
-        if kind == "random":
+        if kind == "random-in-range":
+            x[rng.permutation(rows)[int(in_range_rows):]] = 0  # type: ignore[arg-type]
+        if kind.startswith("random"):
             lv = rng.integers(0, levels, size=(rows, cols))
         elif kind == "floor":
             lv = np.zeros((rows, cols), dtype=np.int64)
@@ -118,6 +135,7 @@ class ValidationResult:
     surrogate_codes: np.ndarray
     ideal_v: np.ndarray
     lsb_v: float
+    full_scale_v: float
     spice_seconds: np.ndarray
     surrogate_seconds_per_vmm: float
     prepare_seconds_per_tile: float
@@ -126,7 +144,13 @@ class ValidationResult:
     def summary(self) -> dict[str, Any]:
         err = (self.surrogate_v - self.spice_v) / self.lsb_v
         ideal = (self.ideal_v - self.spice_v) / self.lsb_v
+        fs = self.full_scale_v
+        clipped = (np.clip(self.surrogate_v, 0.0, fs) - np.clip(self.spice_v, 0.0, fs)
+                   ) / self.lsb_v
+        saturated = self.spice_v > fs
+        linear = np.asarray(self.linear).reshape(len(self.cases), -1)
         rms, p99, mx = error_stats(err)
+        c_rms, c_p99, c_max = error_stats(clipped)
         irms, ip99, imx = error_stats(ideal)
         spice = float(np.mean(self.spice_seconds))
         kinds = sorted({c.kind for c in self.cases})
@@ -136,13 +160,21 @@ class ValidationResult:
             k_rms, _, k_max = error_stats(err[sel])
             per_kind[kind] = {"cases": int(sel.sum()), "rms_lsb": float(k_rms),
                               "max_lsb": float(k_max), "mean_lsb": float(np.mean(err[sel])),
-                              "ideal_rms_lsb": float(error_stats(ideal[sel])[0])}
+                              "ideal_rms_lsb": float(error_stats(ideal[sel])[0]),
+                              "clipped_rms_lsb": float(error_stats(clipped[sel])[0]),
+                              "clipped_max_lsb": float(error_stats(clipped[sel])[2]),
+                              "saturated": float(np.mean(saturated[sel])),
+                              "shortcut": float(np.mean(linear[sel]))}
         return {
             "cases": len(self.cases),
             "rms_lsb": float(rms),
             "p99_lsb": float(p99),
             "max_lsb": float(mx),
             "mean_lsb": float(np.mean(err)),
+            "clipped_rms_lsb": float(c_rms),
+            "clipped_p99_lsb": float(c_p99),
+            "clipped_max_lsb": float(c_max),
+            "saturated": float(np.mean(saturated)),
             "code_match": float(np.mean(self.surrogate_codes == self.spice_codes)),
             "ideal_rms_lsb": float(irms),
             "ideal_p99_lsb": float(ip99),
@@ -152,7 +184,7 @@ class ValidationResult:
             "surrogate_seconds_per_vmm": self.surrogate_seconds_per_vmm,
             "speedup": spice / self.surrogate_seconds_per_vmm,
             "surrogate_prepare_seconds_per_tile": self.prepare_seconds_per_tile,
-            "shortcut_cases": float(np.mean(self.linear)),
+            "shortcut_cases": float(np.mean(linear)),
             "by_kind": per_kind,
         }
 
@@ -181,6 +213,15 @@ def time_surrogate(surrogate: Any, g: Any, *, batch: int = _BATCH, repeats: int 
     return float(np.median(read_times)) / batch, float(np.median(prep_times))
 
 
+def in_range_rows(hw: HardwareConfig, level_g: np.ndarray) -> int:
+    """Rows whose uniform random inputs on uniform random levels bring the mean column's
+    ``D`` to half the converter's full scale (at least 1)."""
+    full = 2 ** hw.drive.input_bits - 1
+    per_row = (hw.tia.r_feedback_ohm * hw.drive.v_read_v * float(np.mean(level_g))
+               * (full / 2) / 2 ** hw.drive.input_bits)
+    return max(1, int(round(0.5 * hw.adc.v_full_scale_v / per_row)))
+
+
 def validate(table: Table, *, cases: int = 20, seed: int = 0, rows: int | None = None,
              cols: int | None = None, workers: int = 2, solver: SolverConfig | None = None,
              method: str = "exact",
@@ -195,10 +236,11 @@ def validate(table: Table, *, cases: int = 20, seed: int = 0, rows: int | None =
     surrogate = TileSurrogate(table, rows=rows, cols=cols, method=method)
     hw = surrogate.hw
     solver = solver or table_solver(table)
-    drawn = draw_cases(hw.array.rows, hw.array.cols, cases, seed=seed,
-                       levels=hw.levels.count, input_bits=hw.drive.input_bits)
     with Runner(solver) as runner:
         level_states, level_g = level_table(hw, runner)
+    drawn = draw_cases(hw.array.rows, hw.array.cols, cases, seed=seed,
+                       levels=hw.levels.count, input_bits=hw.drive.input_bits,
+                       in_range_rows=in_range_rows(hw, level_g))
 
     results: dict[int, Mapping[str, np.ndarray]] = {}
     context = {"hardware": hw.to_dict(), "solver": dataclasses.asdict(solver),
@@ -223,6 +265,7 @@ def validate(table: Table, *, cases: int = 20, seed: int = 0, rows: int | None =
         surrogate_v=read.analog_v[:, 0].double().numpy(),
         surrogate_codes=read.codes[:, 0].numpy(),
         ideal_v=ideal[:, 0].double().numpy(), lsb_v=surrogate.lsb_v,
+        full_scale_v=hw.adc.v_full_scale_v,
         spice_seconds=np.array([float(results[i]["solve_seconds"]) for i in order]),
         surrogate_seconds_per_vmm=per_vmm, prepare_seconds_per_tile=prep,
         linear=tiles.linear.numpy())

@@ -22,7 +22,7 @@ from calibration.store import Table, open_table
 from netlists.config import preset
 from netlists.errors import ConfigError, TableError
 from surrogate.tile import PreparedTiles, TileSurrogate, effective_conductance
-from surrogate.validate import validate
+from surrogate.validate import (ValidationResult, draw_cases, in_range_rows, validate)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -115,6 +115,48 @@ def test_surrogate_matches_whole_tile_ngspice_solves(table):
     assert summary["ideal_over_surrogate_rms"] >= 10
     assert {"top-full-scale", "floor"} <= set(summary["by_kind"])
     assert summary["surrogate_seconds_per_vmm"] > 0 and summary["spice_seconds_per_vmm"] > 0
+
+
+def test_validation_draws_sparse_inputs_where_full_rows_would_saturate():
+    hw = preset("paper-sim")
+    level_g = hw.levels.conductances((4.47e-6, 41.6e-6))
+    k = in_range_rows(hw, level_g)
+    # 70 uA full scale through 1 kohm; a row of mean level (22 uS) at mean input gives
+    # 1000 * 0.1 * 22e-6 * 127.5 / 256 V: 32 rows bring the mean column to half the scale
+    assert k == 32
+    assert in_range_rows(preset("chip"), level_g) > 64   # chip: every row stays in range
+    cases = draw_cases(256, 4, 9, seed=1, levels=16, in_range_rows=k)
+    kinds = [c.kind for c in cases]
+    assert kinds[:8:2] == ["top-full-scale", "floor", "top", "half-top-full-scale"]
+    assert kinds[1::2] == ["random-in-range"] * 4 and kinds[8] == "random"
+    for c in cases:
+        active = int(np.count_nonzero(c.x))
+        assert active <= k if c.kind == "random-in-range" else active > k
+    dense = draw_cases(64, 4, 9, seed=1, levels=16, in_range_rows=200)
+    assert [c.kind for c in dense] == [c.kind for c in draw_cases(64, 4, 9, seed=1, levels=16)]
+
+
+def test_validation_summary_compares_d_unclipped_and_as_the_converter_sees_it():
+    lsb, fs = 0.01, 2.56
+    spice = np.array([[1.0, 3.0], [2.0, 5.0]])
+    sur = spice + np.array([[0.02, 0.05], [-0.01, 0.3]])   # errors 2, 5, -1, 30 LSB
+    case = draw_cases(2, 2, 2, seed=0, levels=4)
+    result = ValidationResult(
+        cases=case, level_g=np.ones(4), spice_v=spice, spice_codes=np.zeros((2, 2)),
+        surrogate_v=sur, surrogate_codes=np.zeros((2, 2)), ideal_v=spice * 1.1, lsb_v=lsb,
+        full_scale_v=fs, spice_seconds=np.ones(2), surrogate_seconds_per_vmm=1e-6,
+        prepare_seconds_per_tile=1e-4, linear=np.array([True, False]))
+    summary = result.summary()
+    assert summary["max_lsb"] == pytest.approx(30)
+    # past the full scale both saturate: only the in-range columns' errors remain
+    assert summary["clipped_max_lsb"] == pytest.approx(2)
+    assert summary["clipped_rms_lsb"] == pytest.approx(np.sqrt((4 + 1) / 4))
+    assert summary["saturated"] == 0.5
+    kind = summary["by_kind"]["top-full-scale"]
+    assert kind["saturated"] == 0.5 and kind["clipped_max_lsb"] == pytest.approx(2)
+    # which path each kind of case took: the shortcut for the first, the exact one after
+    assert kind["shortcut"] == 1.0 and summary["by_kind"]["random"]["shortcut"] == 0.0
+    assert summary["shortcut_cases"] == 0.5
 
 
 @pytest.mark.spice
