@@ -538,7 +538,22 @@ def _chip() -> HardwareConfig:
 
 
 def _paper_sim() -> HardwareConfig:
-    return HardwareConfig(array=ArrayParams(rows=256, cols=64))
+    """The paper's simulated tile (its Table 1), sized as a designer would for 256 rows.
+
+    - 256x64 cells, the chip's device, transistor and wires.
+    - 16 levels over 5.5-38.5 uS (on/off 7, the paper's 1-7 uA ratio), inside the cell's
+      read window of 4.47-41.6 uS (ngspice, 1T1R at 0.1 V); the paper's 10-70 uS is not.
+    - TIA feedback 1 kohm: the largest plane current, 256 cells x 38.5 uS x 0.1 V =
+      0.99 mA, gives 0.99 V, inside the linear range of the +-1.5 V rails (the chip's
+      5 kohm would put a 256-row column on its rail).
+    - ADC full scale 0.07 V, i.e. the paper's 0-70 uA column range through 1 kohm, and
+      conversion noise 0.2745 mV rms (the paper's 2 sigma = 0.549 uA).
+    - Read noise 0.3 level of 16 is ``SurrogateConfig``'s default of 0.02 of the window.
+    """
+    return HardwareConfig(array=ArrayParams(rows=256, cols=64),
+                          tia=TIAParams(r_feedback_ohm=1000.0),
+                          adc=ADCParams(v_full_scale_v=0.07, noise_v_rms=2.745e-4),
+                          levels=LevelsParams(count=16, g_min_us=5.5, g_max_us=38.5))
 
 
 def _tiny() -> HardwareConfig:

@@ -22,6 +22,23 @@ def test_presets():
     assert preset("tiny").array.rows < 64
 
 
+def test_paper_sim_is_sized_for_the_papers_column_range():
+    hw = preset("paper-sim")
+    lv = hw.levels
+    assert (lv.count, lv.g_min_us, lv.g_max_us) == (16, 5.5, 38.5)
+    assert lv.g_max_us / lv.g_min_us == pytest.approx(7.0)          # on/off 7
+    # every cell on the top level, every row at the read voltage: linear within the rails
+    top_plane_v = hw.array.rows * lv.g_max_us * 1e-6 * hw.drive.v_read_v * hw.tia.r_feedback_ohm
+    assert top_plane_v < min(-hw.tia.v_rail_low_v, hw.tia.v_rail_high_v) \
+        - 3 * hw.tia.v_clamp_knee_v
+    # the ADC's full scale is 70 uA of column current, its noise 2 sigma = 0.549 uA
+    assert hw.adc.v_full_scale_v / hw.tia.r_feedback_ohm == pytest.approx(70e-6)
+    assert 2 * hw.adc.noise_v_rms / hw.tia.r_feedback_ohm == pytest.approx(0.549e-6)
+    # the default read noise, 0.02 of the window, is the paper's 0.3 level of 16
+    assert SurrogateConfig().read_noise_s((0.0, 1.0), 16) == pytest.approx(
+        SurrogateConfig(read_noise=0.3, read_noise_unit="level").read_noise_s((0.0, 1.0), 16))
+
+
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ConfigError, match=r"unknown preset 'big'.*chip"):
         preset("big")
