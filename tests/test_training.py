@@ -523,17 +523,25 @@ def test_the_surrogate_block_sets_verify_noise_and_travels_in_the_checkpoint(tab
         return chip, layer.conductances()
 
     ideal_chip, ideal = written(SurrogateConfig())
-    noisy_chip, noisy = written(SurrogateConfig(verify_reads=1, read_noise=0.05))
+    # 0.003 of the window: 0.38 of a level on this table's 128, inside the +-0.5 level band
+    noisy_chip, noisy = written(SurrogateConfig(verify_reads=1, read_noise=0.003))
     assert not ideal_chip.verify_noise and noisy_chip.verify_noise
     assert noisy_chip.programmer.verify_noise_s == pytest.approx(
-        0.05 * (noisy_chip.g_hi - noisy_chip.g_lo))
+        0.003 * (noisy_chip.g_hi - noisy_chip.g_lo))
     # noisy verify reads end each device farther from its target than ideal ones
     targets = ideal_chip.g_lo + ideal_chip.programmer.level_spacing_s * torch.round(
         (ideal - ideal_chip.g_lo) / ideal_chip.programmer.level_spacing_s)
     assert float((noisy - targets).abs().mean()) > float((ideal - targets).abs().mean())
-    averaged = AnalogChip(table, seed=3, config=SurrogateConfig(verify_reads=4))
+    averaged = AnalogChip(table, seed=3, config=SurrogateConfig(verify_reads=4,
+                                                                read_noise=0.006))
     assert averaged.programmer.verify_noise_s == pytest.approx(
         averaged.programmer.read_noise_s / 2)
+    # a verify noisier than its band cannot resolve the levels: refused, naming the fix
+    with pytest.raises(ConfigError, match=r"verify_reads >= 26") as err:
+        AnalogChip(table, seed=3, config=SurrogateConfig(verify_reads=1))
+    assert err.value.field == "surrogate.verify_reads"
+    assert not AnalogChip(table, seed=3, read_noise=False,
+                          config=SurrogateConfig(verify_reads=1)).verify_noise
 
     cfg = _cfg(digits, surrogate=SurrogateConfig(write_threshold=0.1, read_noise=0.01))
     assert cfg.threshold == 0.1

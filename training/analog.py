@@ -87,6 +87,25 @@ class NonFiniteValues(CircuitSimError):
 _DENSE = 0.8
 
 
+def _check_verify_resolves(programmer: ProgrammingModel, config: SurrogateConfig) -> None:
+    """ConfigError when a noisy verify read cannot tell the levels apart: its noise (one
+    read's, over the square root of the reads averaged) above the accepted half-band."""
+    noise, band = programmer.verify_noise_s, programmer.tolerance_s
+    if noise <= band:
+        return
+    needed = math.ceil((programmer.read_noise_s / band) ** 2)
+    hw = programmer.hw
+    raise ConfigError(
+        f"levels.count = {hw.levels.count} puts the levels {programmer.level_spacing_s * 1e6:.3g}"
+        f" uS apart and write-and-verify accepts +-{band * 1e6:.3g} uS "
+        f"(write_verify.tolerance_levels = {hw.write_verify.tolerance_levels:g}), but a "
+        f"verify read's noise is {noise * 1e6:.3g} uS rms (surrogate.read_noise over the "
+        f"square root of surrogate.verify_reads = {config.verify_reads}): the verify cannot "
+        f"resolve these levels. Set surrogate.verify_reads >= {needed}, lower "
+        "surrogate.read_noise, use fewer levels or a wider tolerance",
+        field="surrogate.verify_reads")
+
+
 class AnalogChip:
     """A simulated chip built from one calibration table (see the module docstring).
 
@@ -128,6 +147,8 @@ class AnalogChip:
                                                       device=self.device)
         #: verify reads carry noise (the mean of ``config.verify_reads`` noisy reads)
         self.verify_noise = read_noise and self.config.verify_reads > 0
+        if self.verify_noise:
+            _check_verify_resolves(self.programmer, self.config)
         self.statistical = StatisticalProgramming(table, self.programmer) \
             if programming == "statistical" else None
         self.generator = torch.Generator(self.device).manual_seed(seed)
