@@ -36,6 +36,10 @@ def workspace(tmp_path_factory, tiny_calibration):
     (root / "not-toml.toml").write_text("[tia\n")
     (root / "latin1.toml").write_bytes("# r\xe9glage\n[tia]\n".encode("latin-1"))
     (root / "rows16.toml").write_text("[array]\nrows = 16\n")
+    (root / "levels4.toml").write_text("[levels]\ncount = 4\ng_min_us = 8.2\n"
+                                       "g_max_us = 32.9\n")
+    (root / "levels1.toml").write_text("[levels]\ncount = 1\n")
+    (root / "noisy-verify.toml").write_text("[surrogate]\nverify_reads = 1\n")
     (root / "junk.h5").write_bytes(b"\x89HDF\r\n junk" * 10)
     (root / "junk.pt").write_bytes(b"PK\x03\x04 junk" * 10)
     (root / "empty").mkdir()
@@ -104,6 +108,12 @@ CASES = [
     ("validate-zero-cases", "validate --table {table} --cases 0", "--cases"),
     ("validate-unknown-method", "validate --table {table} --method bogus", "--method"),
     ("validate-negative-seed", "validate --table {table} --seed -2", "--seed"),
+    ("train-levels-on-a-table-of-others",
+     "train --table {table} --config {root}/levels4.toml --out {root}/run", "--config"),
+    ("train-verify-cannot-resolve-the-levels",
+     "train --table {table} --config {root}/noisy-verify.toml --out {root}/run", "--config"),
+    ("train-one-level", "train --preset tiny --config {root}/levels1.toml --out {root}/run",
+     "--config"),
     ("train-lr-too-high", "train --table {table} --lr 20 --out {root}/run", "--lr"),
     ("train-lr-nan", "train --table {table} --lr nan --out {root}/run", "--lr"),
     ("train-zero-epochs", "train --table {table} --epochs 0 --out {root}/run", "--epochs"),
