@@ -497,7 +497,9 @@ class SurrogateConfig(_Validated):
     paper's convention: 0.3 level of 16) or in uS (``"us"``); ngspice's transients are
     noise-free. Verify reads of write-and-verify in training are noise-free with
     ``verify_reads = 0`` (an ideal verify); with ``n >= 1`` each is the mean of ``n`` noisy
-    reads (standard deviation ``read_noise / sqrt(n)``).
+    reads (standard deviation ``read_noise / sqrt(n)``), which must not exceed the verify's
+    tolerance (``write_verify.tolerance_levels`` level spacings): a noisier verify cannot
+    resolve the levels and is refused where a chip is built.
     """
 
     section: ClassVar[str] = "surrogate"
