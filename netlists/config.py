@@ -513,7 +513,8 @@ class SurrogateConfig(_Validated):
                            doc="noisy reads averaged per verify in training (0: noise-free)")
     write_threshold: float = _q(1.0 / 15.0, 0.0, 1.0, lo_open=True,
                                 doc="mixed-precision write threshold, fraction of the weight "
-                                    "range (the paper's 1/15: one level of 16)")
+                                    "range 2 w_max (the paper's 1/15; of 16 levels, whose "
+                                    "steps divide 2 w_max in 30, two steps)")
 
     def read_noise_s(self, levels_window_s: tuple[float, float], level_count: int) -> float:
         """One read's standard deviation, S, for levels ``level_count`` over
