@@ -366,6 +366,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
                f" tiles: rms {payload['rms_lsb']:.3f} LSB, max {payload['max_lsb']:.3f} LSB, "
                f"codes {100 * payload['code_match']:.1f}% identical; ideal crossbar rms "
                f"{payload['ideal_rms_lsb']:.2f} LSB; {payload['speedup']:.3g}x faster per VMM")
+    if payload["saturated"] > 0:
+        summary += (f"; {100 * payload['saturated']:.0f}% of the columns past the ADC's full "
+                    f"scale; clipped to it as the converter sees it: rms "
+                    f"{payload['clipped_rms_lsb']:.3f} LSB, max "
+                    f"{payload['clipped_max_lsb']:.3f} LSB")
     emit(args, payload, summary)
     return status
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -174,6 +175,29 @@ def test_validate_command_line_contract(tiny_calibration, tmp_path):
     assert out["cases"] == 2 and (out["rows"], out["cols"]) == (8, 8)
     assert out["rms_lsb"] < 0.02 and 0.0 <= out["code_match"] <= 1.0
     assert plot.exists() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.spice
+def test_validate_reports_columns_past_the_full_scale(tmp_path):
+    # a converter of 10 uA full scale on the 8-row tile: every cell on top at full-scale
+    # inputs carries 33 uA, and random inputs on every row would average past half of it
+    toml = tmp_path / "narrow-adc.toml"
+    toml.write_text("[adc]\nv_full_scale_v = 0.05\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "validate", "--preset", "tiny", "--config", str(toml),
+         "--cases", "4", "--json"], check=False, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "CIRCUITSIM_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    kinds = out["by_kind"]
+    assert set(kinds) == {"top-full-scale", "floor", "random-in-range"}
+    assert kinds["top-full-scale"]["saturated"] == 1.0 and kinds["floor"]["saturated"] == 0.0
+    assert 0 < out["saturated"] < 1
+    # clipping can only shrink an error, and both sides clip alike past the full scale
+    assert out["clipped_max_lsb"] <= out["max_lsb"] + 1e-12
+    assert kinds["top-full-scale"]["clipped_max_lsb"] == 0.0
+    assert out["max_lsb"] < 0.1 and all(k["shortcut"] == 1.0 for k in kinds.values())
+    assert "past the ADC's full scale" in proc.stderr
 
 
 # ---- the ideal-circuit limit -------------------------------------------------------------------
