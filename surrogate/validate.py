@@ -158,11 +158,12 @@ class ValidationResult:
         for kind in kinds:
             sel = np.array([c.kind == kind for c in self.cases])
             k_rms, _, k_max = error_stats(err[sel])
+            kc_rms, _, kc_max = error_stats(clipped[sel])
             per_kind[kind] = {"cases": int(sel.sum()), "rms_lsb": float(k_rms),
                               "max_lsb": float(k_max), "mean_lsb": float(np.mean(err[sel])),
                               "ideal_rms_lsb": float(error_stats(ideal[sel])[0]),
-                              "clipped_rms_lsb": float(error_stats(clipped[sel])[0]),
-                              "clipped_max_lsb": float(error_stats(clipped[sel])[2]),
+                              "clipped_rms_lsb": float(kc_rms),
+                              "clipped_max_lsb": float(kc_max),
                               "saturated": float(np.mean(saturated[sel])),
                               "shortcut": float(np.mean(linear[sel]))}
         return {

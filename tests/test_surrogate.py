@@ -23,7 +23,7 @@ from calibration.store import Table, open_table
 from netlists.config import preset
 from netlists.errors import ConfigError, TableError
 from surrogate.tile import PreparedTiles, TileSurrogate, effective_conductance
-from surrogate.validate import (ValidationResult, draw_cases, in_range_rows, validate)
+from surrogate.validate import ValidationResult, draw_cases, in_range_rows, validate
 
 pytestmark = pytest.mark.timeout(180)
 
