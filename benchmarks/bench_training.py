@@ -13,22 +13,16 @@ none are).
 The stage breakdown of the analog steps (seconds per step, the same steps as the total):
 
 * ``analog read``: the tiles' reads in the forward (``AnalogTiles.analog_columns``), of
-  which ``noise`` is adding the read and ADC noise (``TileSurrogate._add_noise``: waiting
-  for the normals that were not made ahead, and the arithmetic);
+  which ``conversion`` is the fused conversion of the shortcut's reads
+  (``surrogate.fused.pair_sums``: read and ADC noise, rounding, pair differences, sums over
+  tile rows) and ``noise`` the noise of reads that are not fused
+  (``TileSurrogate._add_noise``; tiles that can reach a TIA rail);
 * ``backward``: ``loss.backward()`` (digital, through the effective weights);
 * ``optimizer``: the optimizer step, accumulation and planning (``opt.step`` less what
   follows);
 * ``write-and-verify``: programming the devices due (``ProgrammingModel.program``, or
   ``StatisticalProgramming.program`` with ``--programming statistical``);
-* ``re-prepare``: the read preparation of the written tiles (``training.analog._reprepare``);
-* ``normals made``: time the noise stream spent drawing normals (``NormalStream._make``, on
-  its background thread on the CPU: overlapped with the rest, not part of the step's
-  critical path unless ``noise`` waits for it).
-
-Usage::
-
-    python benchmarks/bench_training.py [--models lenet,vgg8,resnet18] [--steps 3]
-        [--batch 64] [--device cpu] [--programming exact] [--naive] [--json PATH]
+* ``re-prepare``: the read preparation of the written tiles (``training.analog._reprepare``).
 """
 
 from __future__ import annotations
@@ -49,7 +43,7 @@ import torch.nn.functional as F
 from calibration.calibrate import calibrate
 from calibration.store import open_table
 from netlists.config import preset
-from surrogate import normal_stream, program_model, statistical, tile
+from surrogate import fused, program_model, statistical, tile
 from training import analog
 from training.analog import AnalogChip, from_digital
 from training.models import DEFAULT_INPUT_SHAPES, build_model
@@ -57,6 +51,7 @@ from training.optim import MixedPrecisionOptimizer
 
 #: Stages timed on the training thread: (object, attribute, stage).
 _STAGES = ((analog.AnalogTiles, "analog_columns", "analog read"),
+           (fused, "pair_sums", "conversion"),
            (tile.TileSurrogate, "_add_noise", "noise"),
            (program_model.ProgrammingModel, "program", "write-and-verify"),
            (statistical.StatisticalProgramming, "program", "write-and-verify"),
@@ -186,13 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         table = open_table(cal.path, expected_hash=cal.content_hash)
     for owner, attr, stage in _STAGES:
         STAGES.wrap(owner, attr, stage)
-    made = normal_stream.NormalStream._make
 
-    def timed_make(self: Any) -> Any:
-        with STAGES.timing("normals made"):
-            return made(self)
-
-    normal_stream.NormalStream._make = timed_make  # type: ignore[method-assign]
     modes = ["float", "mixed"] + (["naive"] if args.naive else [])
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, device {device}, batch "

@@ -62,13 +62,15 @@ from calibration.store import Table
 from netlists.adc_model import adc_model
 from netlists.config import HardwareConfig, SurrogateConfig
 from netlists.errors import ConfigError, TableError
+from surrogate import fused
 from surrogate.normal_stream import NormalStream
 
-__all__ = ["TileSurrogate", "PreparedTiles", "TileRead", "effective_conductance"]
+__all__ = ["TileSurrogate", "PreparedTiles", "PairOperands", "TileRead",
+           "effective_conductance"]
 
 _METHODS = ("exact", "fast")
 
-#: Where noise comes from: a generator, or a stream of normals made ahead.
+#: Where noise comes from: a generator, or a counter-based stream of normals.
 Draws = torch.Generator | NormalStream
 
 
@@ -216,6 +218,19 @@ class PreparedTiles:
                              w_noise=ext, plane_weights=self.plane_weights[..., :cols, :],
                              w_extra=self.w_extra[..., :rows, :cols],
                              noise_scale=self.noise_scale[..., :cols])
+
+
+@dataclass(frozen=True)
+class PairOperands:
+    """:meth:`TileSurrogate.pair_sums_columns`' operands, in the ADC's LSB: ``w`` (tr, M, R
+    N) the stacked columns' weights, ``noise`` (tr, 1, R N) the read-noise variance per
+    unit of the noise lookup (in V^2), ``offset`` (tr, M) each column's constant part of ``D`` with
+    the rounding's half LSB, ``noise_scale`` (tr, M)."""
+
+    w: torch.Tensor
+    noise: torch.Tensor
+    offset: torch.Tensor
+    noise_scale: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -560,27 +575,62 @@ class TileSurrogate:
                           read_noise=read_noise, adc_noise=adc_noise, check=check)
         return d.floor_().clamp_(0, self.top_code)
 
+    def pair_operands(self, weights: torch.Tensor, offset: torch.Tensor
+                      ) -> "PairOperands | None":
+        """What :meth:`pair_sums_columns` reads, from :meth:`codes_columns`' stacked
+        operands (``weights`` (tr, tc M + 1, R N), ``offset`` (tr, tc M, 2)), in the ADC's
+        LSB: computed once per programming. None where the fused conversion does not apply
+        (transition levels other than the ideal ones): convert the codes instead."""
+        if not self._uniform_adc:
+            return None
+        m = weights.shape[-2] - 1
+        scale = 1.0 / self.lsb_v
+        return PairOperands(w=(weights[..., :m, :] * scale).contiguous(),
+                            noise=weights[..., m:, :].contiguous(),
+                            offset=(offset[..., 0] * scale + 0.5).contiguous(),
+                            noise_scale=offset[..., 1].contiguous())
+
+    def pair_sums_columns(self, xt: torch.Tensor, ops: "PairOperands",
+                          tile_scale: torch.Tensor, *, generator: NormalStream | None = None,
+                          read_noise: bool = True, adc_noise: bool = True,
+                          check: bool = True) -> torch.Tensor:
+        """The digital sums over tile rows of the pairs' code differences, (tc P, B):
+        ``sum_t tile_scale[t, c] (code[t, c, 2p] - code[t, c, 2p + 1])`` for inputs ``xt``
+        (tr, N, B), the operands of :meth:`pair_operands` and ``tile_scale`` (tr, tc).
+
+        The conversion runs fused (``surrogate.fused``: noise computed in place from
+        ``generator``'s counters, rounding, range, differences and sums in one pass); the
+        codes are :meth:`codes_columns`' with the stream's normals."""
+        idx, flat, looked = self._column_lookup(xt, ops.w.shape[-1], check)
+        n = idx.shape[-2]
+        d = torch.matmul(ops.w, looked)                                 # (tr, M, B)
+        read = generator is not None and read_noise and self.read_noise_s > 0
+        adc = generator is not None and adc_noise and self.adc_noise_v > 0
+        if read:
+            units = self._lut_columns[1].index_select(0, flat).view(idx.shape)
+            var = torch.matmul(ops.noise[..., :n], units)[..., 0, :]
+            var.mul_((1.0 / self.lsb_v) ** 2)
+        else:
+            var = d.new_zeros((d.shape[0], d.shape[-1]))
+        adc2 = (self.adc_noise_v * (1.0 / self.lsb_v)) ** 2 if adc else 0.0
+        noisy = read or adc
+        rows = d.shape[-2] // 2
+        base = generator.reserve(d.shape[0] * rows * d.shape[-1]) if noisy else 0
+        key = generator.key if noisy else 0
+        kernel = fused.pair_sums if d.device.type == "cpu" else fused.pair_sums_torch
+        return kernel(d, ops.offset, var, ops.noise_scale, adc2, self.top_code, tile_scale,
+                      key=key, base=base, n_all=d.shape[-1], b0=0, noisy=noisy)
+
     def _columns(self, xt: torch.Tensor, weights: torch.Tensor, offset: torch.Tensor,
                  scale: float, shift: float, *, generator: Draws | None,
                  read_noise: bool, adc_noise: bool, check: bool) -> torch.Tensor:
         """``D * scale + shift`` of :meth:`analog_columns`, noise included."""
-        xt = torch.as_tensor(xt, device=self.device)
-        if check:
-            self.check_inputs(xt)
-        idx = xt.to(torch.int32)
+        idx, flat, looked = self._column_lookup(xt, weights.shape[-1], check)
         noisy = generator is not None and read_noise and self.read_noise_s > 0
         m = weights.shape[-2] - 1
         n = idx.shape[-2]
-        rank = weights.shape[-1] // n
         w = weights[..., :m, :] * scale if scale != 1.0 else weights[..., :m, :]
         sigma2: torch.Tensor | float = 0.0
-        flat = idx.reshape(-1)
-        # contiguous gathers: GEMM operands without a copy
-        if rank == 1:
-            looked = self._lut_columns[0].index_select(0, flat).view(idx.shape)
-        else:
-            looked = torch.cat([self.lut_basis[:, k].index_select(0, flat).view(idx.shape)
-                                for k in range(rank)], dim=-2)
         d = torch.matmul(w, looked)
         if noisy:
             units = self._lut_columns[1].index_select(0, flat).view(idx.shape)
@@ -589,6 +639,24 @@ class TileSurrogate:
         offset = offset[..., :1]
         d += offset * scale + shift if (scale != 1.0 or shift) else offset
         return self._add_noise(d, sigma2, generator, noisy, adc_noise, scale)
+
+    def _column_lookup(self, xt: torch.Tensor, width: int, check: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inputs ``xt`` (..., N, B) as indices, flattened, and their lookups on the
+        settling components that operands ``width`` (= rank N) wide read, stacked along N:
+        contiguous gathers, GEMM operands without a copy."""
+        xt = torch.as_tensor(xt, device=self.device)
+        if check:
+            self.check_inputs(xt)
+        idx = xt.to(torch.int32)
+        rank = width // idx.shape[-2]
+        flat = idx.reshape(-1)
+        if rank == 1:
+            looked = self._lut_columns[0].index_select(0, flat).view(idx.shape)
+        else:
+            looked = torch.cat([self.lut_basis[:, k].index_select(0, flat).view(idx.shape)
+                                for k in range(rank)], dim=-2)
+        return idx, flat, looked
 
     def _look_up(self, idx: torch.Tensor, both: bool) -> torch.Tensor:
         """``lut2[idx]`` (idx.shape + (2,)) with ``both``, else ``lut[idx]``."""

@@ -24,7 +24,7 @@ def test_the_training_benchmark_reports_steps_and_stages(tmp_path):
     assert all(s > 0 for s in result["seconds_per_step"].values())
     naive = result["stages"]["naive"]
     # naive rewrites every device every step: all stages show
-    for stage in ("analog read", "noise", "backward", "optimizer", "write-and-verify",
+    for stage in ("analog read", "conversion", "backward", "optimizer", "write-and-verify",
                   "re-prepare"):
         assert naive[stage] > 0, stage
-    assert naive["noise"] <= naive["analog read"]
+    assert naive["conversion"] <= naive["analog read"]

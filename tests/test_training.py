@@ -145,13 +145,14 @@ def test_the_batched_read_is_the_tile_by_tile_read(table):
 
 def _chunked(table, block: int, **kw) -> AnalogChip:
     chip = _chip(table, **kw)
-    chip.noise = NormalStream(77, block=block)
+    chip.noise = NormalStream(77)
+    chip.chunk_reads = block
     return chip
 
 
 def test_a_read_in_chunks_is_the_read_in_one(table):
-    # 3 x 3 tiles of 8 columns, signed inputs: 144 reads a vector, so a block of 1024
-    # normals takes 7 vectors a chunk; without noise the chunks change nothing, bit for bit
+    # 3 x 3 tiles of 8 columns, signed inputs: 144 reads a vector, so chunks of 1024
+    # reads take 7 vectors each; without noise the chunks change nothing, bit for bit
     torch.manual_seed(4)
     layers = {}
     for block in (1024, 1 << 20):
@@ -168,7 +169,7 @@ def test_a_read_in_chunks_is_the_read_in_one(table):
 
 
 def test_chunked_reads_draw_independent_noise_of_the_same_spread(table):
-    # one vector read 3000 times: in chunks of 14 (72 reads a vector, block 1024) and in one
+    # one vector read 3000 times: in chunks of 14 (72 reads a vector, 1024 a chunk) and in one
     # call, the noise of each output has the same spread, and consecutive chunks share no
     # draws
     spread = {}

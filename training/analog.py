@@ -5,7 +5,7 @@ path (``surrogate.tile.TileSurrogate``: bit-serial inputs, IR drop, TIA, multi-c
 ADC front-end, ADC; read and ADC noise), the write path
 (``surrogate.program_model.ProgrammingModel``: write-and-verify on the calibrated pulse
 response), two seeded random streams (one for the devices and their programming, one for
-read noise, made ahead on a second core: ``surrogate.normal_stream``), and a
+read noise, counter-based: ``surrogate.normal_stream``), and a
 device-to-device draw per device placed on it.
 
 Mapping a weight matrix ``w`` (out x in) onto tiles of ``R`` rows x ``C`` columns
@@ -22,13 +22,14 @@ per layer when it is mapped (the largest ``|w|`` of the digital weights, times
 
 Forward (analog). Inputs are scaled per input vector to 8 bits (``q = round(255 |x| / s)``,
 halves up, ``s = max |x|``, a digital scale); negative inputs take a second read with the
-negated part. Every tile reads its slice of ``q`` through the surrogate and returns ADC
-codes: one batched call per layer (``TileSurrogate.codes_columns``) with the vectors along
+negated part. Every tile reads its slice of ``q`` through the surrogate into ADC codes:
+one batched call per layer (``TileSurrogate.pair_sums_columns``) with the vectors along
 the last axis, the layout in which convolution patches come, and the tile columns that
-share inputs stacked. Each pair's two codes are subtracted, turned back into weight units
-with the nominal conversion (``lsb / (G v_read)``, the window and ``w_max``), multiplied by
-the tile's trainable digital scale (initially 1) and added over the tile rows: the partial
-sums are digital. A vector that is zero everywhere has a digital scale of zero and a zero
+share inputs stacked. Each pair's two codes are subtracted, multiplied by the tile's
+trainable digital scale (initially 1) and added over the tile rows (the partial sums are
+digital; in the same pass as the conversion and its noise, ``surrogate.fused``), then
+turned back into weight units with the nominal conversion (``lsb / (G v_read)``, the window
+and ``w_max``). A vector that is zero everywhere has a digital scale of zero and a zero
 result; it is not read. Tiles whose TIAs can reach a rail take the surrogate's exact
 per-plane read instead.
 
@@ -81,6 +82,9 @@ class NonFiniteValues(CircuitSimError):
     """NaN or inf where the chip needs numbers: in a layer's input (there is no 8-bit read
     pulse for it) or in a weight update (there is no level to write). Raised before the
     read or the write, so no device is touched; a run that diverged ends up here."""
+
+#: ADC conversions read per chunk of input vectors (``AnalogChip.chunk_reads``).
+CHUNK_READS = 1 << 22
 
 #: Above this fraction of non-zero input vectors a layer reads them all rather than picking
 #: out the non-zero ones (the picking and putting back cost more than reading the rest).
@@ -152,9 +156,12 @@ class AnalogChip:
         self.statistical = StatisticalProgramming(table, self.programmer) \
             if programming == "statistical" else None
         self.generator = torch.Generator(self.device).manual_seed(seed)
-        # the read noise: its own stream, made ahead (see surrogate.normal_stream)
+        # the read noise: its own counter-based stream (see surrogate.normal_stream)
         noise_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
         self.noise = NormalStream(noise_seed, device=self.device)
+        #: ADC conversions a layer reads per chunk of input vectors (the chunk's voltages,
+        #: 4 bytes each, stay cache-sized)
+        self.chunk_reads = CHUNK_READS
         self.hw: HardwareConfig = self.reader.hw
         self.g_lo, self.g_hi = (float(v) for v in self.programmer.level_window_s)
         self.levels = int(self.programmer.levels)
@@ -356,7 +363,8 @@ class AnalogTiles(nn.Module):
     def _read_operands(self) -> tuple[Any, ...]:
         """What a read needs, sliced to the rows and columns the layer uses: on the
         shortcut, ``analog_columns``' weights with the tile columns stacked along the
-        outputs, (tr, tc M + 1, R), and the offsets (tr, tc M, 1); for tiles that can leave
+        outputs, (tr, tc M + 1, R), the offsets (tr, tc M, 2) and the fused conversion's
+        operands (``TileSurrogate.pair_operands``); for tiles that can leave
         the TIA's linear range, the prepared tiles for ``TileSurrogate.analog``."""
         if self._operands is None:
             tiles = self._tiles().sliced(self._rows_used, 2 * self._pairs_used)
@@ -365,7 +373,9 @@ class AnalogTiles(nn.Module):
                 tr, tc, m1, r = weights.shape
                 stacked = torch.cat([weights[:, :, :-1].reshape(tr, tc * (m1 - 1), r),
                                      weights[:, 0, -1:]], dim=1)
-                self._operands = ("columns", stacked, offset.reshape(tr, -1, 2))
+                offset = offset.reshape(tr, -1, 2)
+                self._operands = ("columns", stacked, offset,
+                                  self.chip.reader.pair_operands(stacked, offset))
             else:
                 self._operands = ("planes", tiles)
         return self._operands
@@ -385,6 +395,21 @@ class AnalogTiles(nn.Module):
         codes = reader.quantize(d, dtype=torch.float32)                 # (tr, tc, n, M)
         return (codes[..., 0::2] - codes[..., 1::2]).transpose(2, 3)
 
+    def _pair_sums(self, q: torch.Tensor) -> torch.Tensor:
+        """The pairs' code differences summed over the tile rows with the tiles' digital
+        scales, (tc P, n), for 8-bit inputs ``q`` (tr, R, n): fused with the conversion on
+        the shortcut (``TileSurrogate.pair_sums_columns``)."""
+        ops = self._read_operands()
+        scale = self.tile_scale.detach()
+        if ops[0] == "columns" and ops[3] is not None:
+            gen = self.chip.noise if self.chip.read_noise else None
+            return self.chip.reader.pair_sums_columns(q, ops[3], scale, generator=gen,
+                                                      check=False)
+        diff = self._code_differences(q)                            # (tr, tc, P, n)
+        if diff.shape[0] * diff.shape[1] == 1:
+            return diff[0, 0] * scale[0, 0]
+        return torch.einsum("tcpn,tc->cpn", diff, scale).reshape(-1, q.shape[-1])
+
     def analog_columns(self, xt: torch.Tensor) -> torch.Tensor:
         """The analog result (out, n) for input vectors along the columns of ``xt`` (in, n)
         (no gradient): the layout in which convolution patches come.
@@ -394,9 +419,8 @@ class AnalogTiles(nn.Module):
         read (images have many all-zero patches). A vector with negative entries takes a
         second read of its negated part, in the same call.
 
-        Many vectors are read in chunks whose read draws at most one block of the noise
-        stream (``NormalStream.block``) normals: each chunk's codes, noise and sums stay
-        small enough for the caches, and its noise is a view of one block, not a copy."""
+        Many vectors are read in chunks of at most ``chip.chunk_reads`` conversions, so
+        that a chunk's accumulated voltages stay small enough for the caches."""
         if xt.shape[0] != self.in_features:
             raise ConfigError(f"input has {xt.shape[0]} features; the layer takes "
                               f"{self.in_features}")
@@ -411,7 +435,7 @@ class AnalogTiles(nn.Module):
                 raise NonFiniteValues(f"the input of the analog layer ({self.extra_repr()}) "
                                       "holds NaN or inf")
             reads = self.grid[0] * self.grid[1] * self.chip.cols * (2 if signed else 1)
-            chunk = max(1, self.chip.noise.block // reads)
+            chunk = max(1, self.chip.chunk_reads // reads)
             if n <= chunk:
                 return self._read_vectors(x, peak, signed)
             return torch.cat([self._read_vectors(x[:, k:k + chunk], peak[k:k + chunk],
@@ -445,14 +469,10 @@ class AnalogTiles(nn.Module):
             q[:self.in_features, m:] = torch.addcmul(half, x.clamp(max=0), -scale)
         else:
             q[:self.in_features] = torch.addcmul(half, x, scale)
-        diff = self._code_differences(q.view(tr, r, -1))          # (tr, tc, P, n')
+        y = self._pair_sums(q.view(tr, r, -1))                     # (tc P, n')
         if signed:
-            diff = diff[..., :m] - diff[..., m:]
-        if tr * self.grid[1] == 1:
-            y = diff[0, 0] * self.tile_scale.detach()[0, 0]
-        else:
-            y = torch.einsum("tcpn,tc->cpn", diff, self.tile_scale.detach())
-        y = y.reshape(-1, m)[:self.out_features]
+            y = y[:, :m] - y[:, m:]
+        y = y[:self.out_features]
         y = y * (peak * (chip.code_to_dot * float(self.w_max)))
         if dense:
             return y
@@ -564,8 +584,6 @@ def program_plans(plans: list[ProgramPlan], *, count: bool = True) -> list[Write
             res = chip.statistical.program(targets, Devices(kd=kd, wd=wd),
                                            generator=chip.generator)
         else:
-            # the pulse loop runs on one core: the next reads' noise is made on the other
-            chip.noise.prefetch()
             res = chip.programmer.program(targets, Devices(kd=kd, wd=wd), state=state,
                                           generator=chip.generator,
                                           read_noise=chip.verify_noise)

@@ -1,0 +1,102 @@
+"""The fused conversion (``surrogate.fused``): the compiled kernel against its torch
+reference, and the fused read against the unfused codes with the same normals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from calibration.store import open_table
+from surrogate import fused
+from surrogate.normal_stream import NormalStream
+from surrogate.normals import key_for, normals_torch
+from surrogate.tile import TileSurrogate
+
+
+@pytest.fixture(scope="module")
+def surrogate(tiny_calibration) -> TileSurrogate:
+    return TileSurrogate(open_table(tiny_calibration))
+
+
+def _operands(tr: int, tc: int, pairs: int, n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    m = 2 * tc * pairs
+    d = torch.rand(tr, m, n, generator=g) * 300 - 20               # past both ends
+    off = torch.rand(tr, m, generator=g)
+    var = torch.rand(tr, n, generator=g) * 3
+    nscale = torch.rand(tr, m, generator=g) + 0.5
+    return d, off, var, nscale
+
+
+@pytest.mark.parametrize("noisy", [True, False])
+def test_the_kernel_is_its_torch_reference(noisy):
+    d, off, var, nscale = _operands(5, 3, 4, 37, seed=1)
+    kw = dict(key=key_for(9), base=1000, n_all=100, b0=20, noisy=noisy)
+    ones = torch.ones(5, 3)
+    got = fused.pair_sums(d, off, var, nscale, 0.4, 255, ones, **kw)
+    want = fused.pair_sums_torch(d, off, var, nscale, 0.4, 255, ones, **kw)
+    assert got.shape == (12, 37)
+    assert torch.equal(got, want)                      # integer codes: the sums are exact
+    scales = torch.rand(5, 3, generator=torch.Generator().manual_seed(2)) + 0.5
+    got = fused.pair_sums(d, off, var, nscale, 0.4, 255, scales, **kw)
+    want = fused.pair_sums_torch(d, off, var, nscale, 0.4, 255, scales, **kw)
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-4)     # float32 sums, other order
+
+
+def test_the_kernel_draws_the_documented_counters():
+    # one tile row, one pair, no signal: the codes' difference is the noise's, rounded
+    tr, n = 2, 3000
+    d = torch.full((tr, 2, n), 100.0)
+    off = torch.zeros(tr, 2)
+    var = torch.ones(tr, n)
+    nscale = torch.full((tr, 2), 16.0)                     # sigma = 4 LSB
+    y = fused.pair_sums(d, off, var, nscale, 0.0, 255, torch.ones(tr, 1), key=key_for(4),
+                        base=50, n_all=n, b0=0, noisy=True)
+    t = torch.arange(tr)[:, None]
+    z = normals_torch(key_for(4), 50 + t * n + torch.arange(n))       # (2, tr, n)
+    want = (torch.floor(100 + 4 * z[0]) - torch.floor(100 + 4 * z[1])).sum(0)
+    assert torch.equal(y[0], want)
+    assert float(y.std()) == pytest.approx(4 * 2 ** 0.5 * tr ** 0.5, rel=0.05)
+
+
+class _Fixed(NormalStream):
+    """A stream whose next request returns given normals (what the fused read computes)."""
+
+    def __init__(self, noise: torch.Tensor) -> None:
+        super().__init__(0)
+        self.noise = noise
+
+    def take(self, shape):
+        assert tuple(shape) == tuple(self.noise.shape)
+        return self.noise
+
+
+def test_the_fused_read_is_the_codes_with_the_same_normals(surrogate):
+    s = surrogate
+    tr, tc, n = 3, 2, 50
+    g = torch.Generator().manual_seed(6)
+    lo, hi = s.window_s
+    tiles = s.prepare(lo + (hi - lo) * torch.rand(tr, tc, s.rows, s.cols, generator=g))
+    weights, offset = tiles.columns()                               # (tr, tc, M + 1, R)
+    stacked = torch.cat([weights[:, :, :-1].reshape(tr, tc * s.cols, -1),
+                         weights[:, 0, -1:]], dim=1)
+    offset = offset.reshape(tr, -1, 2)
+    x = torch.randint(0, 256, (tr, s.rows, n), generator=g).float()
+    scale = torch.ones(tr, tc)
+    stream = NormalStream(33)
+    ops = s.pair_operands(stacked, offset)
+    got = s.pair_sums_columns(x, ops, scale, generator=stream)
+    rows = tc * s.cols // 2
+    assert got.shape == (rows, n) and stream.position == tr * rows * n
+    # the normals the kernel used, laid out as the codes' (tr, M, n)
+    counters = (torch.arange(tr)[:, None, None] * rows + torch.arange(rows)[None, :, None]) \
+        * n + torch.arange(n)
+    z = normals_torch(stream.key, counters)                         # (2, tr, rows, n)
+    noise = torch.stack([z[0], z[1]], dim=-2).reshape(tr, 2 * rows, n)
+    codes = s.codes_columns(x, stacked, offset, generator=_Fixed(noise))
+    want = (codes[:, 0::2] - codes[:, 1::2]).sum(0)
+    assert torch.equal(got, want)
+    quiet = s.pair_sums_columns(x, ops, scale, generator=None)
+    codes = s.codes_columns(x, stacked, offset)
+    assert torch.equal(quiet, (codes[:, 0::2] - codes[:, 1::2]).sum(0))
+    assert not torch.equal(quiet, got)
