@@ -222,10 +222,10 @@ class PreparedTiles:
 
 @dataclass(frozen=True)
 class PairOperands:
-    """:meth:`TileSurrogate.pair_sums_columns`' operands, in the ADC's LSB: ``w`` (tr, M, R
-    N) the stacked columns' weights, ``noise`` (tr, 1, R N) the read-noise variance per
-    unit of the noise lookup (in V^2), ``offset`` (tr, M) each column's constant part of ``D`` with
-    the rounding's half LSB, ``noise_scale`` (tr, M)."""
+    """:meth:`TileSurrogate.pair_sums_columns`' operands: ``w`` (tr, M, R N) the stacked
+    columns' weights in LSB per unit of the lookup, ``noise`` (tr, 1, R N) the read-noise
+    variance per unit of the noise lookup (V^2), ``offset`` (tr, M) each column's constant
+    part of ``D`` in LSB with the rounding's half LSB, ``noise_scale`` (tr, M)."""
 
     w: torch.Tensor
     noise: torch.Tensor
