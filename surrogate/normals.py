@@ -115,13 +115,16 @@ def mix(z):  # noqa: ANN001, ANN201 - numba kernel
     return z ^ (z >> _U(31))
 
 
-@numba.njit(inline="always", cache=True, error_model="numpy")
-def _series(terms, x):  # noqa: ANN001, ANN201
-    """``sum_k terms[k] x^k`` by Horner's rule (a constant tuple: unrolled)."""
+def _horner(terms, x):  # noqa: ANN001, ANN201 - floats, arrays or tensors
+    """``sum_k terms[k] x^k`` by Horner's rule; the kernels' and the torch path's one
+    source (compiled as ``_series``, the constant tuple unrolled)."""
     p = terms[-1]
     for k in range(len(terms) - 2, -1, -1):
         p = p * x + terms[k]
     return p
+
+
+_series = numba.njit(inline="always", cache=True, error_model="numpy")(_horner)
 
 
 @numba.njit(inline="always", cache=True, error_model="numpy")
@@ -207,22 +210,14 @@ def normals_torch(key: int, counters: torch.Tensor) -> torch.Tensor:
     m = torch.where(big, m * 0.5, m)
     e = torch.where(big, e + 1.0, e)
     s = (m - 1.0) / (m + 1.0)
-    s2 = s * s
-    p = torch.full_like(s, _LN_TERMS[6])
-    for c in _LN_TERMS[5::-1]:
-        p = p * s2 + c
+    p = _horner(_LN_TERMS, s * s)
     r = torch.sqrt(2.0 * ((33.0 - e) * _LN2 - 2.0 * s * p))
     q = _shr(hi, 30)
     x = ((hi & ((1 << 30) - 1)).to(torch.float64) + 0.5) * (_QUARTER_PI / (1 << 29)) \
         - _QUARTER_PI
     x2 = x * x
-    sn = torch.full_like(x, _SIN_TERMS[6])
-    for c in _SIN_TERMS[5::-1]:
-        sn = sn * x2 + c
-    sn = sn * x
-    cs = torch.full_like(x, _COS_TERMS[6])
-    for c in _COS_TERMS[5::-1]:
-        cs = cs * x2 + c
+    sn = _horner(_SIN_TERMS, x2) * x
+    cs = _horner(_COS_TERMS, x2)
     c = (cs - sn) * _SQRT_HALF
     sv = (sn + cs) * _SQRT_HALF
     odd = (q & 1) != 0
