@@ -63,11 +63,12 @@ from netlists.errors import ConfigError
 from netlists.periphery import (
     CELL_SUBCKT,
     CLOCK_HIGH_V,
-    TIA_SUBCKT,
     cell_subckt,
     fmt,
     nmos_model_card,
+    tia_instance,
     tia_subckt,
+    tia_supply_sources,
 )
 
 __all__ = [
@@ -296,7 +297,7 @@ def render_tile_deck(hw: HardwareConfig, states: object, x: object, *,
     out = _header(hw, name)
     out += ["", device_model(hw).library(), nmos_model_card(hw.transistor),
             cell_subckt(hw.transistor, hw.device), tia_subckt(hw.tia),
-            adc.frontend_subckt(),
+            tia_supply_sources(hw.tia), adc.frontend_subckt(),
             adc.quantizer_subckt()]
 
     out.append("* Word line: all gates at the read gate voltage.")
@@ -317,7 +318,7 @@ def render_tile_deck(hw: HardwareConfig, states: object, x: object, *,
                f"group ({hw.adc.columns_per_adc} columns) share offset and INL.")
     for j in range(cols):
         g = int(group[j])
-        out.append(f"Xtia{j} tin{j} tout{j} {TIA_SUBCKT} vos={fmt(float(vos[j]))}")
+        out.append(tia_instance(f"Xtia{j}", f"tin{j}", f"tout{j}", float(vos[j])))
         out.append(adc.frontend_instance(f"Xadc{j}", f"tout{j}", f"acc{j}"))
         out.append(adc.quantizer_instance(f"Xq{j}", f"acc{j}", f"code{j}",
                                           offset_v=float(voff[g]), inl_lsb=float(inl[g])))
@@ -387,10 +388,10 @@ def render_tile_op_deck(hw: HardwareConfig, states: object, row_v: object, *,
            *_header(hw, name)[1:],
            "", device_model(hw).library(), nmos_model_card(hw.transistor),
            cell_subckt(hw.transistor, hw.device), tia_subckt(hw.tia),
-           f"Vwl wl 0 DC {fmt(hw.array.v_gate_read_v)}"]
+           tia_supply_sources(hw.tia), f"Vwl wl 0 DC {fmt(hw.array.v_gate_read_v)}"]
     out += _array_lines(hw, n, [f"Vrow{i} in{i} 0 DC {fmt(float(v[i]))}" for i in range(rows)])
     for j in range(cols):
-        out.append(f"Xtia{j} tin{j} tout{j} {TIA_SUBCKT} vos={fmt(hw.tia.v_offset_v)}")
+        out.append(tia_instance(f"Xtia{j}", f"tin{j}", f"tout{j}", hw.tia.v_offset_v))
     # Newton from all-zero node voltages drives the high-gain TIAs into their rails, where
     # the clamp's slope vanishes, and every stepping method fails until ngspice's
     # transient-op fallback (what that costs: benchmarks/bench_spice.py, "op without

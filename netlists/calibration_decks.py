@@ -65,11 +65,12 @@ from netlists.device_model import device_model
 from netlists.errors import ConfigError
 from netlists.periphery import (
     CELL_SUBCKT,
-    TIA_SUBCKT,
     cell_subckt,
     fmt,
     nmos_model_card,
+    tia_instance,
     tia_subckt,
+    tia_supply_sources,
 )
 
 __all__ = [
@@ -232,9 +233,9 @@ def render_tia_dc_deck(hw: HardwareConfig, i_lo: float, i_hi: float, n_i: int,
     out = [f"{name}: TIA transfer, input current swept {fmt(float(i_lo))} .. "
            f"{fmt(float(i_hi))} A in {n_i} points, source resistance {fmt(r_source_ohm)} ohm",
            "* Rendered by netlists.calibration_decks.render_tia_dc_deck.",
-           ".options klu", "", tia_subckt(hw.tia),
+           ".options klu", "", tia_subckt(hw.tia), tia_supply_sources(hw.tia),
            f"Rsrc tin 0 {fmt(r_source_ohm)}",
-           f"Xtia tin tout {TIA_SUBCKT}"]
+           tia_instance("Xtia", "tin", "tout")]
     out += _index_sweep("tin", "", float(i_lo), float(i_hi), n_i, current=True)
     out += _save_lines(["v(tin)", "v(tout)"])
     out.append(".end")
@@ -261,14 +262,14 @@ def render_tia_load_dc_deck(hw: HardwareConfig, i_lo: float, i_hi: float, n_i: i
     out = [f"{name}: {r.size} TIAs on their own source resistances, input current swept "
            f"{fmt(float(i_lo))} .. {fmt(float(i_hi))} A in {n_i} points",
            "* Rendered by netlists.calibration_decks.render_tia_load_dc_deck.",
-           ".options klu", "", tia_subckt(hw.tia),
+           ".options klu", "", tia_subckt(hw.tia), tia_supply_sources(hw.tia),
            "* index sweep: the current is lo + step * v(idx), v(idx) = 0 .. n-1",
            "Vidx idx 0 DC 0"]
     for k, rk in enumerate(r):
         out.append(f"Ilo{k} 0 tin{k} DC {fmt(float(i_lo))}")
         out.append(f"Gstep{k} 0 tin{k} idx 0 {fmt(step)}")
         out.append(f"Rsrc{k} tin{k} 0 {fmt(float(rk))}")
-        out.append(f"Xtia{k} tin{k} tout{k} {TIA_SUBCKT}")
+        out.append(tia_instance(f"Xtia{k}", f"tin{k}", f"tout{k}"))
     out.append(f".dc Vidx 0 {n_i - 1} 1")
     out += _save_lines([f"v(tout{k})" for k in range(r.size)])
     out.append(".end")
@@ -308,13 +309,13 @@ def render_tia_pulse_deck(hw: HardwareConfig, currents: Sequence[float],
         f" {fmt(bits * T)} 0)"
     out = [f"{name}: {i.size} TIAs, each fed two bit-serial pulses of its input current",
            "* Rendered by netlists.calibration_decks.render_tia_pulse_deck.",
-           ".options klu", "", tia_subckt(hw.tia),
+           ".options klu", "", tia_subckt(hw.tia), tia_supply_sources(hw.tia),
            "* Breakpoints at the sample instants (the source drives nothing).",
            f"Vmark mark 0 {marks}"]
     for k, ik in enumerate(i):
         out.append(f"Iin{k} 0 tin{k} {bit_pulse_pwl([ik, ik], T, te)}")
         out.append(f"Rsrc{k} tin{k} 0 {fmt(float(r_src[k]))}")
-        out.append(f"Xtia{k} tin{k} tout{k} {TIA_SUBCKT}")
+        out.append(tia_instance(f"Xtia{k}", f"tin{k}", f"tout{k}"))
     tstep = T / steps_per_bit
     out.append(f".tran {fmt(tstep)} {fmt(bits * T)} 0 {fmt(tstep)} uic")
     out += _save_lines([f"v(tout{k})" for k in range(i.size)])

@@ -213,6 +213,37 @@ class TIAParams(_Validated):
     v_offset_v: float = _q(0.0, -0.1, 0.1, doc="input-referred offset voltage, V")
     v_clamp_knee_v: float = _q(0.05, 0.0, 1.0, lo_open=True,
                                doc="width of the smooth knee where the output meets a rail, V")
+    # The supply: only the energy the rails deliver depends on it, never the output voltage.
+    # 50 uA: a single-stage OTA of GBW 500 MHz into ~0.25 pF needs gm = 2 pi GBW C = 0.79 mS,
+    # at gm/Id = 16 /V (moderate inversion; Jespers and Murmann, Systematic Design of Analog
+    # CMOS Circuits, 2017) Id = 49 uA.
+    i_quiescent_a: float = _q(50e-6, 0.0, 1.0,
+                              doc="quiescent bias current from the upper to the lower supply, A")
+    v_supply_high_v: float | None = _optional(0.0, 10.0,
+                                              doc="upper supply, V (unset: v_rail_high_v, a "
+                                                  "rail-to-rail output stage)")
+    v_supply_low_v: float | None = _optional(-10.0, 0.0,
+                                             doc="lower supply, V (unset: v_rail_low_v)")
+
+    def _check(self) -> None:
+        if self.supply_high_v < self.v_rail_high_v:
+            raise ConfigError(f"tia.v_supply_high_v = {self.supply_high_v!r} must not be below "
+                              f"tia.v_rail_high_v = {self.v_rail_high_v!r}",
+                              field="tia.v_supply_high_v")
+        if self.supply_low_v > self.v_rail_low_v:
+            raise ConfigError(f"tia.v_supply_low_v = {self.supply_low_v!r} must not be above "
+                              f"tia.v_rail_low_v = {self.v_rail_low_v!r}",
+                              field="tia.v_supply_low_v")
+
+    @property
+    def supply_high_v(self) -> float:
+        """The upper supply, V (the upper rail when unset)."""
+        return self.v_rail_high_v if self.v_supply_high_v is None else self.v_supply_high_v
+
+    @property
+    def supply_low_v(self) -> float:
+        """The lower supply, V (the lower rail when unset)."""
+        return self.v_rail_low_v if self.v_supply_low_v is None else self.v_supply_low_v
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,13 @@ import numpy as np
 from netlists.array import render_tile_deck
 from netlists.config import HardwareConfig, SolverConfig
 from netlists.errors import ConfigError, NetlistError
+from netlists.periphery import TIA_SUPPLY_NODES, TIA_SUPPLY_SOURCES
 from netlists.programming import T_GAP_S, Pulse, render_pulse_deck
 
 __all__ = [
     "add_saves",
     "vmm_sources",
+    "driver_nodes",
     "render_vmm_energy_deck",
     "PULSE_SOURCES",
     "PulseEnergyDeck",
@@ -49,24 +51,37 @@ def add_saves(deck: str, vectors: Sequence[str], per_line: int = 16) -> str:
 
 def vmm_sources(hw: HardwareConfig) -> dict[str, list[tuple[str, str]]]:
     """The tile read deck's independent sources as (source, node), by group:
-    ``row`` (drivers ``Vrow<i>`` at ``in<i>``), ``wordline`` (``Vwl``) and ``clock``
-    (the front-end's clock phases, which drive behavioural switches)."""
+    ``row`` (drivers ``Vrow<i>`` at ``in<i>``), ``wordline`` (``Vwl``), ``clock``
+    (the front-end's clock phases, which drive behavioural switches) and ``tia_supply``
+    (the TIAs' upper and lower supplies)."""
     return {
         "row": [(f"vrow{i}", f"in{i}") for i in range(hw.array.rows)],
         "wordline": [("vwl", "wl")],
         "clock": [("vphir", "phir"), ("vphi1", "phi1"), ("vphi2", "phi2")],
+        "tia_supply": [(src.lower(), node)
+                       for src, node in zip(TIA_SUPPLY_SOURCES, TIA_SUPPLY_NODES)],
     }
+
+
+def driver_nodes(hw: HardwareConfig) -> list[tuple[str, str]] | None:
+    """Each row driver's two ends (``in<i>``, ``rin<i>``) across ``r_driver_ohm``, or None
+    when that resistance is 0 (the nodes are merged and nothing is lost in the driver)."""
+    if hw.array.r_driver_ohm == 0:
+        return None
+    return [(f"in{i}", f"rin{i}") for i in range(hw.array.rows)]
 
 
 def render_vmm_energy_deck(hw: HardwareConfig, states: object, x: object, *,
                            solver: SolverConfig | None = None, name: str = "vmm_energy") -> str:
     """The bit-serial tile read of :func:`netlists.array.render_tile_deck`, unchanged, with
-    the voltage and current of every independent source saved, and every TIA input
-    ``v(tin<j>)`` (the column current is ``(v(tin) - v(tout)) / R_f``)."""
+    the voltage and current of every independent source saved, every TIA input
+    ``v(tin<j>)`` (the column current is ``(v(tin) - v(tout)) / R_f``) and the inner end of
+    every row driver's resistance (``v(rin<i>)``, :func:`driver_nodes`)."""
     deck = render_tile_deck(hw, states, x, solver=solver, name=name)
     saves = [vec for group in vmm_sources(hw).values() for src, node in group
              for vec in (f"v({node})", f"i({src})")]
     saves += [f"v(tin{j})" for j in range(hw.array.cols)]
+    saves += [f"v({inner})" for _, inner in driver_nodes(hw) or []]
     return add_saves(deck, saves)
 
 

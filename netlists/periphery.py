@@ -10,7 +10,8 @@ Blocks
 ``nmos_instance``    one ``M`` line using that card (for cells written elsewhere, e.g. the
                      dynamic cell used for pulse programming).
 ``cell_subckt``      ``.subckt cell_1t1r d g s params: n=`` = frozen-state RRAM + NMOS.
-``tia_subckt``       ``.subckt tia inn out params: vos=`` = op-amp macro-model + feedback R.
+``tia_subckt``       ``.subckt tia inn out vdd vss params: vos=`` = op-amp macro-model +
+                     feedback R, on the supplies of ``tia_supply_sources``.
 ``adc_frontend_subckt`` ``.subckt adc_sc vin acc phi1 phi2 phir`` = inverting buffer and the
                      switched-capacitor, binary-weighted multi-cycle accumulator.
 ``adc_quantizer_subckt`` ``.subckt adc_quant acc code params: voff= inl=`` = the single
@@ -31,6 +32,8 @@ __all__ = [
     "CELL_SUBCKT",
     "RRAM_FROZEN_SUBCKT",
     "TIA_SUBCKT",
+    "TIA_SUPPLY_SOURCES",
+    "TIA_SUPPLY_NODES",
     "ADC_FRONTEND_SUBCKT",
     "ADC_QUANTIZER_SUBCKT",
     "SWITCH_R_OFF_OHM",
@@ -41,6 +44,8 @@ __all__ = [
     "nmos_instance",
     "cell_subckt",
     "tia_subckt",
+    "tia_supply_sources",
+    "tia_instance",
     "adc_frontend_subckt",
     "adc_quantizer_subckt",
     "fmt",
@@ -50,6 +55,9 @@ NMOS_MODEL = "nmos_io"
 CELL_SUBCKT = "cell_1t1r"
 RRAM_FROZEN_SUBCKT = "rram_frozen"  # defined by every device model's library()
 TIA_SUBCKT = "tia"
+#: The TIA supplies of a deck (:func:`tia_supply_sources`): sources and their nodes.
+TIA_SUPPLY_SOURCES = ("Vtia_dd", "Vtia_ss")
+TIA_SUPPLY_NODES = ("tia_vdd", "tia_vss")
 ADC_FRONTEND_SUBCKT = "adc_sc"
 ADC_QUANTIZER_SUBCKT = "adc_quant"
 
@@ -67,6 +75,11 @@ SHARE_THRESHOLD_V = 0.0
 #: Internal resistance of the op-amp's gain node, ohm. Any value works (gm and C scale with
 #: it); 1 kohm keeps the node's impedance and capacitance in ordinary ranges.
 _TIA_R_GAIN_NODE_OHM = 1e3
+#: Width of the TIA output stage's crossover, A: the sourced and sunk currents are
+#: ``(sqrt(i^2 + e^2) +- i) / 2``, a smooth split (a ``max(i, 0)`` kink stalls Newton where
+#: the output current crosses zero). It adds at most ``e`` to the rails' current, at
+#: ``i = 0``: 0.1 uA against the quiescent 50 uA; 0.02 uA at 10 uA of output current.
+_TIA_OUTPUT_SPLIT_A = 1e-7
 
 
 def fmt(value: float) -> str:
@@ -167,8 +180,25 @@ def _smooth_clamp(x: str, lo: float, hi: float, knee: float) -> str:
     return f"({x})-{w}*{up}+{w}*{down}"
 
 
+def tia_supply_sources(p: TIAParams) -> str:
+    """The two supply sources every TIA instance hangs on: ``Vtia_dd`` (node ``tia_vdd``, at
+    ``supply_high_v``) and ``Vtia_ss`` (node ``tia_vss``, at ``supply_low_v``). One pair per
+    deck; the energy they deliver is the TIAs' (``-integral v i dt`` of each)."""
+    return "\n".join([
+        "* TIA supplies: every TIA's quiescent bias and output-stage current comes from here.",
+        f"{TIA_SUPPLY_SOURCES[0]} {TIA_SUPPLY_NODES[0]} 0 DC {fmt(p.supply_high_v)}",
+        f"{TIA_SUPPLY_SOURCES[1]} {TIA_SUPPLY_NODES[1]} 0 DC {fmt(p.supply_low_v)}",
+    ]) + "\n"
+
+
+def tia_instance(name: str, inn: str, out: str, vos: float | None = None) -> str:
+    """One ``X`` line of the TIA (``name`` with its leading ``X``) on the deck's supplies."""
+    params = "" if vos is None else f" vos={fmt(float(vos))}"
+    return f"{name} {inn} {out} {' '.join(TIA_SUPPLY_NODES)} {TIA_SUBCKT}{params}"
+
+
 def tia_subckt(p: TIAParams) -> str:
-    """``.subckt tia inn out params: vos=`` : transimpedance amplifier, macro-model.
+    """``.subckt tia inn out vdd vss params: vos=`` : transimpedance amplifier, macro-model.
 
     The op-amp: a transconductor ``gm = A / R1`` driven by ``v(inp) - v(inn)`` (the
     non-inverting input ``inp`` sits at ground through the offset source ``vos``) into
@@ -178,7 +208,19 @@ def tia_subckt(p: TIAParams) -> str:
     So ``v(out) = -I_in * R_f`` while the loop gain is large, the virtual ground at ``inn``
     is off by ``(v(out)/A + vos)``, and the output saturates at the rails.
 
-    Syntax: linear ``G`` (VCCS), ``B`` voltage source with ``max``/``abs``/``exp``/``ln``,
+    Supply (``vdd``, ``vss``; :func:`tia_supply_sources`): a constant ``i_quiescent_a`` from
+    ``vdd`` to ``vss`` (the bias of every stage), and a class-B output stage: the current the
+    output sources into its load, ``i = (v(out) - v(inn)) / R_f``, is drawn from ``vdd``, the
+    current it sinks is returned into ``vss`` (split smoothly, ``_TIA_OUTPUT_SPLIT_A``). The
+    load is the feedback resistor: the decks' TIA outputs drive only ideal buffers (``E``),
+    which draw nothing. Both are current sources between a rail and ground, so the output
+    voltage is what it was without them; only the rails' energy depends on them. The
+    output's own source carries the load current to ground, so the power the rails deliver
+    is ``(V_dd - V_ss) I_q + V_dd I_src + |V_ss| I_snk``: the load's share plus the output
+    devices' drop. (Sensing the output current as ``i()`` of a 0 V source in series stalled
+    the transient of a TIA held at its rail; the voltages across ``R_f`` do not.)
+
+    Syntax: linear ``G`` (VCCS), ``B`` sources with ``max``/``abs``/``exp``/``ln``/``sqrt``,
     and ``params:`` (``vos`` can differ per instance; default from the config).
 
     Numerics: the closed loop is a pole at ``GBW / (1 + R_f / R_source)``. Keep its time
@@ -191,19 +233,27 @@ def tia_subckt(p: TIAParams) -> str:
     f_pole = p.gbw_hz / p.open_loop_gain
     c1 = 1.0 / (2.0 * math.pi * f_pole * r1)
     clamp = _smooth_clamp("v(ng)", p.v_rail_low_v, p.v_rail_high_v, p.v_clamp_knee_v)
+    e2 = fmt(_TIA_OUTPUT_SPLIT_A ** 2)
+    i_out = f"((v(out)-v(inn))/{fmt(p.r_feedback_ohm)})"
     return "\n".join([
         "* TIA: single-pole op-amp macro-model (DC gain A, pole at GBW/A, smooth output clamp",
         "* at the rails, input offset vos) with feedback resistor R_f; non-inverting input at",
         "* ground. v(out) ~ -I(inn)*R_f. Relies on G (VCCS), B-source max/abs/exp/ln, params:.",
+        "* Supply: quiescent Iq from vdd to vss; the output's sourced current (through R_f) is",
+        "* drawn from vdd and its sunk current returned into vss (smooth class-B split).",
         f"* A = {fmt(p.open_loop_gain)}, GBW = {fmt(p.gbw_hz)} Hz, R_f = "
-        f"{fmt(p.r_feedback_ohm)} ohm, rails [{fmt(p.v_rail_low_v)}, {fmt(p.v_rail_high_v)}] V",
-        f".subckt {TIA_SUBCKT} inn out params: vos={fmt(p.v_offset_v)}",
+        f"{fmt(p.r_feedback_ohm)} ohm, rails [{fmt(p.v_rail_low_v)}, {fmt(p.v_rail_high_v)}] V,"
+        f" Iq = {fmt(p.i_quiescent_a)} A",
+        f".subckt {TIA_SUBCKT} inn out vdd vss params: vos={fmt(p.v_offset_v)}",
         "Vos inp 0 DC {vos}",
         f"Gm 0 ng inp inn {fmt(gm)}",
         f"R1 ng 0 {fmt(r1)}",
         f"C1 ng 0 {fmt(c1)}",
         f"Bout out 0 V = {clamp}",
         f"Rf out inn {fmt(p.r_feedback_ohm)}",
+        f"Iq vdd vss DC {fmt(p.i_quiescent_a)}",
+        f"Bsrc vdd 0 I = 0.5*(sqrt({i_out}*{i_out}+{e2})+{i_out})",
+        f"Bsnk 0 vss I = 0.5*(sqrt({i_out}*{i_out}+{e2})-{i_out})",
         f".ends {TIA_SUBCKT}",
     ]) + "\n"
 

@@ -28,7 +28,9 @@ from netlists.periphery import (
     fmt,
     nmos_instance,
     nmos_model_card,
+    tia_instance,
     tia_subckt,
+    tia_supply_sources,
 )
 
 
@@ -78,7 +80,7 @@ def test_cell_subckt_puts_rram_at_the_row_and_nmos_at_the_column(chip):
 def test_tia_macro_model_gain_and_pole_follow_the_config():
     p = TIAParams(open_loop_gain=2e4, gbw_hz=1e9, r_feedback_ohm=12e3, v_offset_v=1e-3)
     text = tia_subckt(p)
-    assert f".subckt {TIA_SUBCKT} inn out params: vos=0.001" in text
+    assert f".subckt {TIA_SUBCKT} inn out vdd vss params: vos=0.001" in text
     gm = _number_after(text, "Gm 0 ng inp inn")
     r1 = _number_after(text, "R1 ng 0")
     c1 = _number_after(text, "C1 ng 0")
@@ -157,9 +159,9 @@ def test_tia_converts_current_to_minus_i_rf_and_saturates_at_the_rails(runner):
     p = TIAParams(r_feedback_ohm=10e3, open_loop_gain=1e4, v_rail_low_v=-1.2,
                   v_rail_high_v=1.2)
     currents = [0.0, 10e-6, 50e-6, -50e-6, 300e-6, -300e-6]
-    body = [tia_subckt(p)]
+    body = [tia_subckt(p), tia_supply_sources(p)]
     for k, i in enumerate(currents):
-        body += [f"I{k} 0 in{k} DC {i!r}", f"X{k} in{k} out{k} {TIA_SUBCKT}"]
+        body += [f"I{k} 0 in{k} DC {i!r}", tia_instance(f"X{k}", f"in{k}", f"out{k}")]
     saves = [f"v(out{k})" for k in range(len(currents))] + \
         [f"v(in{k})" for k in range(len(currents))]
     res = runner.run(_op_deck("tia dc", body, ".op", saves), name="tia_dc")
@@ -179,7 +181,8 @@ def test_tia_converts_current_to_minus_i_rf_and_saturates_at_the_rails(runner):
 @pytest.mark.spice
 def test_tia_input_offset_appears_at_the_output(runner):
     p = TIAParams(v_offset_v=2e-3)
-    body = [tia_subckt(p), f"X0 in0 out0 {TIA_SUBCKT}", f"X1 in1 out1 {TIA_SUBCKT} vos=-0.005"]
+    body = [tia_subckt(p), tia_supply_sources(p), tia_instance("X0", "in0", "out0"),
+            tia_instance("X1", "in1", "out1", -0.005)]
     res = runner.run(_op_deck("tia offset", body, ".op", ["v(out0)", "v(out1)"]),
                      name="tia_offset")
     # nothing at the input but R_f: a unity-gain follower of the offset

@@ -338,11 +338,43 @@ def test_vmm_energy_scales_with_conductance(energy):
         ratios.append(float(r["row_driver_energy_j"]) / ideal)
     # IR drop and the cells' read nonlinearity keep each within a few % of the ideal.
     assert all(0.9 < q < 1.02 for q in ratios), ratios
-    e = data.datasets["vmm_energy_j"].data
+    e = data.datasets["vmm_row_driver_energy_j"].data
     g = data.datasets["vmm_mean_conductance_s"].data
     assert e[1] > 4 * e[0] and g[1] > 8 * g[0]          # top vs floor map
+    total = data.datasets["vmm_energy_j"].data
     per_mac = data.datasets["vmm_energy_per_mac_j"].data
-    np.testing.assert_allclose(per_mac, e / (hw.array.rows * hw.array.cols))
+    np.testing.assert_allclose(per_mac, total / (hw.array.rows * hw.array.cols))
+    # the row drivers' energy is the crossbar's plus their own resistance's loss
+    np.testing.assert_allclose(data.datasets["vmm_crossbar_energy_j"].data
+                               + data.datasets["vmm_driver_loss_energy_j"].data, e)
+    assert np.all(data.datasets["vmm_driver_loss_energy_j"].data > 0)
+
+
+@pytest.mark.spice
+def test_tia_supply_energy_is_bias_times_voltage_times_time_plus_the_output_stage(energy):
+    """The TIAs' supplies in ngspice: cols * I_q * (V_dd - V_ss) * T for the bias, plus
+    what the output stage draws from the rail it drives its column current from."""
+    hw, points, results, data = energy
+    tia = hw.tia
+    span = tia.supply_high_v - tia.supply_low_v
+    for p, r in zip(points, results):
+        if p["kind"] != "vmm":
+            continue
+        e = float(r["tia_supply_energy_j"])
+        t = float(r["duration_s"])
+        bias = hw.array.cols * tia.i_quiescent_a * span * t
+        assert e > bias > 0
+        # The output stage: the charge each output sinks comes back through V_ss, what it
+        # sources is drawn from V_dd (the column currents from v(tin), v(tout) and R_f).
+        stage = tia.supply_high_v * float(r["tia_sourced_charge_c"]) \
+            - tia.supply_low_v * float(r["tia_sunk_charge_c"])
+        # the smooth class-B split adds at most 0.1 uA per TIA, 0.2% of the bias
+        assert e == pytest.approx(bias + stage, rel=3e-3)
+        assert float(r["tia_sunk_charge_c"]) > 0
+    # the top map's columns carry far more current than the floor's: more output energy
+    kinds = [p["tile"] for p in points if p["kind"] == "vmm"]
+    e = data.datasets["vmm_tia_supply_energy_j"].data
+    assert e[kinds.index("top")] > e[kinds.index("floor")]
 
 
 @pytest.mark.spice

@@ -66,7 +66,7 @@ def test_deck_has_every_element_once():
     # cell (i, j): row node r<i>_<j>, gate on the word line, column node c<i>_<j>
     assert f"Xc2_1 r2_1 wl c2_1 cell_1t1r n={fmt(_mid_states(hw)[2, 1])}" in text
     assert "Rcol1_0 tin1 c3_1 1.0" in text               # the column's end joins the TIA
-    assert "Xtia1 tin1 tout1 tia vos=0.0" in text
+    assert "Xtia1 tin1 tout1 tia_vdd tia_vss tia vos=0.0" in text
 
 
 def test_zero_resistances_merge_nodes_instead_of_writing_zero_ohm_resistors():

@@ -13,11 +13,15 @@ The energy an independent source delivers, ``E = -integral v(node) i(source) dt`
   nodes, while a chip holds the word line at the read gate voltage between reads; what is
   left is displacement current that nets to ~0 over a read) and the front-end clocks (they
   drive behavioural switches and deliver nothing). ``vmm_energy_j`` is their sum.
-  Not in SPICE, so not included: the TIAs' supply (the op-amp macro-model has no supply
-  pin; ``vmm_tia_output_energy_j``, the power their outputs sink,
-  ``integral sum_j |v(tout_j) I_j| dt``, is reported separately as a lower bound of what
-  their supply would deliver, without quiescent current), the ADC conversion, the input
-  DACs and row-driver supply overhead, clock generation and the digital periphery.
+  The TIAs' supplies (``Vtia_dd``, ``Vtia_ss``: quiescent bias and output stage, see
+  ``netlists.periphery.tia_subckt``) over the whole transient are ``vmm_tia_supply_energy_j``;
+  ``vmm_tia_output_energy_j``, the power their outputs sink,
+  ``integral sum_j |v(tout_j) I_j| dt``, is the load's part of it. The row drivers' energy
+  splits into their own resistance's loss (``vmm_driver_loss_energy_j``) and the crossbar's,
+  cells and wires (``vmm_crossbar_energy_j``). Not in SPICE, so not included here: the ADC
+  conversion, the input DACs and row-driver supply overhead, the sample-and-hold buffers,
+  clock generation and the digital periphery (``calibration.energy_model`` adds them, each
+  from a documented model).
   Per MAC: ``vmm_energy_j / (rows * cols)``; ``vmm_tops_per_w = 2 rows cols / vmm_energy_j /
   1e12`` (one MAC = 2 operations, the paper's convention: 2.66 nJ per 64x64 VMM is
   3.08 TOPS/W, with ADCs and periphery).
@@ -41,6 +45,7 @@ from circuitsim.tile import level_table
 from netlists.config import HardwareConfig
 from netlists.energy_decks import (
     PULSE_SOURCES,
+    driver_nodes,
     render_pulse_energy_deck,
     render_vmm_energy_deck,
     vmm_sources,
@@ -200,11 +205,27 @@ class EnergySurface:
             groups[group] = sum(source_energy_j(t, result_vector(res, f"v({node})", name),
                                                 result_vector(res, f"i({src})", name), t0, None)
                                 for src, node in sources)
+        # What the row drivers' own resistance dissipates; the rest of the row drivers'
+        # energy is the crossbar's (row and column wires, cells; the TIA inputs sit at a
+        # virtual ground and take ~nothing).
+        loss = 0.0
+        for outer, inner in driver_nodes(hw) or []:
+            drop = result_vector(res, f"v({outer})", name) - \
+                result_vector(res, f"v({inner})", name)
+            p_r = drop * drop / hw.array.r_driver_ohm
+            loss += float(np.sum(0.5 * (p_r[1:] + p_r[:-1]) * np.diff(t)))
         tout = np.stack([result_vector(res, f"v(tout{j})", name) for j in range(cols)])
         tin = np.stack([result_vector(res, f"v(tin{j})", name) for j in range(cols)])
         col_i = (tin - tout) / hw.tia.r_feedback_ohm
         p_tia = np.sum(np.abs(tout * col_i), axis=0)
         tia = float(np.sum(0.5 * (p_tia[1:] + p_tia[:-1]) * np.diff(t)))
+
+        def charge(i: np.ndarray) -> float:
+            total = np.sum(i, axis=0)
+            return float(np.sum(0.5 * (total[1:] + total[:-1]) * np.diff(t)))
+
+        # col_i flows through R_f into the TIA output: > 0 is sunk (into V_ss), < 0 sourced.
+        sunk, sourced = charge(np.maximum(col_i, 0.0)), charge(np.maximum(-col_i, 0.0))
         return {
             "states": states,
             "conductance_s": g,
@@ -212,7 +233,11 @@ class EnergySurface:
             "row_driver_energy_j": np.array(groups["row"]),
             "wordline_energy_j": np.array(groups["wordline"]),
             "clock_energy_j": np.array(groups["clock"]),
+            "tia_supply_energy_j": np.array(groups["tia_supply"]),
+            "driver_loss_energy_j": np.array(loss),
             "tia_output_energy_j": np.array(tia),
+            "tia_sunk_charge_c": np.array(sunk),
+            "tia_sourced_charge_c": np.array(sourced),
             "duration_s": np.array(t[-1] - t[0]),
             "solve_seconds": np.array(time.perf_counter() - start),
         }
@@ -272,7 +297,8 @@ class EnergySurface:
 
         row_e, wl_e, clk_e = col("row_driver_energy_j"), col("wordline_energy_j"), \
             col("clock_energy_j")
-        total = row_e + wl_e + clk_e
+        tia_e, loss_e = col("tia_supply_energy_j"), col("driver_loss_energy_j")
+        total = row_e + wl_e + clk_e + tia_e
         macs = rows * cols
         per_mac = total / macs
         tops_w = 2.0 * macs / total / 1e12
@@ -304,8 +330,17 @@ class EnergySurface:
         }
         d_ = {
             "vmm_energy_j": (total, "J", "energy delivered by every independent source of the "
-                             "tile read (row drivers + word line + clocks) over one bit-serial "
-                             "VMM; no ADC, TIA supply or digital periphery", ("vmm_case",)),
+                             "tile read (row drivers + word line + clocks + TIA supplies) over "
+                             "one bit-serial VMM; no ADC conversion, DAC or digital periphery "
+                             "(calibration.energy_model adds them)", ("vmm_case",)),
+            "vmm_tia_supply_energy_j": (tia_e, "J", "the TIAs' supplies (quiescent bias and "
+                                        "output stage) over the read", ("vmm_case",)),
+            "vmm_driver_loss_energy_j": (loss_e, "J", "dissipated in the row drivers' output "
+                                         "resistance (part of vmm_row_driver_energy_j)",
+                                         ("vmm_case",)),
+            "vmm_crossbar_energy_j": (row_e - loss_e, "J", "cells and wires: the row drivers' "
+                                      "energy less their own resistance's loss",
+                                      ("vmm_case",)),
             "vmm_energy_per_mac_j": (per_mac, "J", "vmm_energy_j / (rows * cols)",
                                      ("vmm_case",)),
             "vmm_tops_per_w": (tops_w, "TOPS/W", "2 rows cols / vmm_energy_j / 1e12 (array "
@@ -319,8 +354,8 @@ class EnergySurface:
                                    "~0)", ("vmm_case",)),
             "vmm_tia_output_energy_j": (col("tia_output_energy_j"), "J",
                                         "integral of sum_j |v(tout_j) I_j| dt: power the TIA "
-                                        "outputs sink; a lower bound of their supply's, not in "
-                                        "vmm_energy_j", ("vmm_case",)),
+                                        "outputs sink; part of vmm_tia_supply_energy_j",
+                                        ("vmm_case",)),
             "vmm_duration_s": (col("duration_s"), "s", "length of the bit-serial transient",
                                ("vmm_case",)),
             "vmm_tile_kind": (np.array([TILE_KINDS.index(p["tile"]) for p, _ in vmm],
@@ -354,11 +389,11 @@ class EnergySurface:
         dims = {k: v[3] for k, v in d_.items()}
         attrs = {
             "included": "VMM: every independent source of the tile read deck (row drivers "
-                        "at v_read through r_driver, word line, clocks); pulse: bit-, word- "
-                        "and source-line drivers over the pulse",
-            "excluded": "ADC conversion, TIA supply and bias (the macro-model has no supply "
-                        "pin; see vmm_tia_output_energy_j), input DACs, driver supply "
-                        "overhead, clock generation, digital periphery",
+                        "at v_read through r_driver, word line, clocks, TIA supplies); pulse: "
+                        "bit-, word- and source-line drivers over the pulse",
+            "excluded": "ADC conversion, input DACs, driver supply overhead, sample-and-hold "
+                        "buffers, clock generation, digital periphery (modelled outside "
+                        "SPICE: calibration.energy_model)",
             "polarity_names": list(POLARITIES),
             "tile_kind_names": list(TILE_KINDS),
             "pulse_source_names": [s for s, _ in PULSE_SOURCES],
