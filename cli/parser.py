@@ -16,6 +16,7 @@ from cli.commands import (cmd_array, cmd_calibrate, cmd_device_fit, cmd_device_p
                           cmd_device_synthesize, cmd_evaluate, cmd_report, cmd_sweep,
                           cmd_train, cmd_validate)
 from cli.demo import cmd_demo
+from cli.energy import cmd_energy
 from netlists.errors import ConfigError
 
 
@@ -274,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     _add_table_options(ev)
     _add_common(ev)
+
+    en = _command(sub, "energy", cmd_energy,
+                  "energy and latency of a tile VMM and of one image of a model")
+    en.add_argument("--model", default="lenet",
+                    help="lenet (default), vgg8 or resnet18: per-image figures")
+    _add_table_options(en)
+    _add_common(en)
 
     demo = _command(sub, "demo", cmd_demo, "the main job on the embedded default")
     demo.add_argument("--seed", type=_seed, default=0, help="seed of every draw (>= 0)")

@@ -462,7 +462,7 @@ class HardwareConfig:
                   ) -> "HardwareConfig":
         """Build from nested mappings; blocks or fields left out keep ``base``'s values."""
         base = base or cls()
-        unknown = set(data) - set(_BLOCKS) - {"solver", "surrogate"}
+        unknown = set(data) - set(_BLOCKS) - {"solver", "surrogate", "energy"}
         if unknown:
             raise ConfigError(f"unknown configuration block(s) {sorted(unknown)}: "
                               f"choose from {list(_BLOCKS)}")

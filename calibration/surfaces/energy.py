@@ -352,6 +352,9 @@ class EnergySurface:
                                       ("vmm_case",)),
             "vmm_clock_energy_j": (clk_e, "J", "front-end clock sources (behavioural switches: "
                                    "~0)", ("vmm_case",)),
+            "vmm_tia_charge_c": (col("tia_sunk_charge_c") + col("tia_sourced_charge_c"), "C",
+                                 "integral sum_j |I_j| dt: the charge the TIA outputs carry",
+                                 ("vmm_case",)),
             "vmm_tia_output_energy_j": (col("tia_output_energy_j"), "J",
                                         "integral of sum_j |v(tout_j) I_j| dt: power the TIA "
                                         "outputs sink; part of vmm_tia_supply_energy_j",
