@@ -413,11 +413,23 @@ def test_evaluate_on_the_training_chip_and_on_a_fresh_one(table, digits, tmp_pat
     assert same["test_accuracy"] == res.test_accuracy      # the same chip, read noise-free
     fresh = evaluate(res.checkpoint, f"mnist:{digits}", table=table, fresh_chip=9)
     assert 0.0 <= fresh["test_accuracy"] <= 1.0 and fresh["fresh_chip"] == 9
+    # the energy of the writes done: the pulses times the energy surface's pulse energy
+    from calibration.energy_model import pulse_energy_j
+
+    pulse = pulse_energy_j(table)
+    summary = res.summary()
+    assert summary["write_pulses"] > 0
+    assert summary["write_energy_uj"] == pytest.approx(summary["write_pulses"] * pulse * 1e6)
+    assert same["write_pulses"] == 0 and same["write_energy_uj"] == 0.0
+    assert fresh["write_pulses"] > 0
+    assert fresh["write_energy_uj"] == pytest.approx(fresh["write_pulses"] * pulse * 1e6)
     flt = train(_cfg(digits, mode="float"), out=tmp_path / "float")
     with pytest.raises(ConfigError, match="calibration table"):
         evaluate(flt.checkpoint, f"mnist:{digits}", fresh_chip=1)
     mapped = evaluate(flt.checkpoint, f"mnist:{digits}", table=table, fresh_chip=1)
     assert 0.0 <= mapped["test_accuracy"] <= 1.0
+    assert mapped["write_pulses"] > 0 and mapped["write_energy_uj"] > 0
+    assert flt.summary()["write_energy_uj"] is None        # a float run wrote no device
 
 
 def test_evaluate_refuses_what_it_cannot_use(table, digits, tmp_path):
@@ -463,15 +475,20 @@ def test_cli_train_and_evaluate_json_contract(tiny_calibration, digits, tmp_path
     payload = json.loads(res.stdout.strip().splitlines()[-1])
     for key in ("test_accuracy", "epochs", "seconds_per_epoch", "device_writes",
                 "write_pulses", "writes_per_device_mean", "writes_per_device_max",
-                "checkpoint"):
+                "checkpoint", "write_energy_uj"):
         assert key in payload
+    assert payload["write_energy_uj"] == pytest.approx(
+        payload["write_pulses"] * payload["pulse_energy_pj"] * 1e-6)
+    assert payload["pulse_energy_pj"] > 0
     assert "epoch 1/1" in res.stderr                      # progress on stderr
     assert (tmp_path / "plots" / "curves.png").is_file()
     assert (tmp_path / "plots" / "writes.png").is_file()
     ev = _cli("evaluate", "--checkpoint", payload["checkpoint"], "--dataset",
               f"mnist:{digits}", "--fresh-chip", "4", "--json")
     assert ev.returncode == 0, ev.stderr
-    assert 0.0 <= json.loads(ev.stdout.strip().splitlines()[-1])["test_accuracy"] <= 1.0
+    evaluated = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert 0.0 <= evaluated["test_accuracy"] <= 1.0
+    assert evaluated["write_pulses"] > 0 and evaluated["write_energy_uj"] > 0
     bad = _cli("train", "--table", str(tiny_calibration), "--model", "alexnet", "--json")
     assert bad.returncode == 2 and "unknown model 'alexnet'" in bad.stderr
     bad = _cli("train", "--table", str(tiny_calibration), "--dataset", f"mnist:{tmp_path}",

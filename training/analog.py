@@ -238,7 +238,8 @@ class AnalogTiles(nn.Module):
         # so slicing the read is exact.
         self._rows_used = self.in_features if self.grid[0] == 1 else chip.rows
         self._pairs_used = self.out_features if self.grid[1] == 1 else chip.pairs
-        self.program(w, count=False)
+        #: pulses of the last programming of every weight (mapping, fresh chip); uncounted
+        self.mapping_pulses = self.program(w, count=False).pulses
 
     # -- mapping -------------------------------------------------------------------------
     @property
@@ -316,9 +317,10 @@ class AnalogTiles(nn.Module):
         plan = self.plan(w, pairs=pairs, only_changed=only_changed)
         return program_plans([plan], count=count)[0]
 
-    def reprogram_fresh(self, seed_chip: AnalogChip) -> None:
+    def reprogram_fresh(self, seed_chip: AnalogChip) -> WriteStats:
         """Place this layer's weights on another chip: new device draws, all devices written
-        from their floor to the current targets (not counted as training writes)."""
+        from their floor to the current targets (not counted as training writes); returns
+        what that programming did."""
         with torch.no_grad():
             self.chip = seed_chip
             shape = self.state.shape
@@ -328,7 +330,9 @@ class AnalogTiles(nn.Module):
             self.state.copy_(seed_chip.programmer.floor_state(devices))
             self.target_level.zero_()
             self._forget_tiles()
-            self.program(self.weight.detach().clone(), count=False)
+            stats = self.program(self.weight.detach().clone(), count=False)
+            self.mapping_pulses = stats.pulses
+            return stats
 
     # -- reading -------------------------------------------------------------------------
     def _tiles(self) -> PreparedTiles:

@@ -179,6 +179,9 @@ class TrainResult:
     #: the calibration table the analog modes ran on (path, content hash); None in float mode
     table: str | None = None
     table_hash: str | None = None
+    #: the mean energy of one write pulse from the table's ``energy`` surface, J; None
+    #: without a table or an ``energy`` surface
+    pulse_energy_j: float | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -197,6 +200,7 @@ class TrainResult:
             "table_hash": self.table_hash,
             "history": self.history,
             "writes_per_layer": self.writes.get("layers", {}),
+            **write_energy(self.writes.get("write_pulses", 0), self.pulse_energy_j),
         }
 
 
@@ -494,7 +498,27 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
                        epochs=len(history),
                        seconds_per_epoch=sum(h["seconds"] for h in ran) / len(ran),
                        writes=writes, checkpoint=ckpt_path, history=history,
-                       device_writes=per_device, table=table_path, table_hash=table_hash)
+                       device_writes=per_device, table=table_path, table_hash=table_hash,
+                       pulse_energy_j=_pulse_energy(table if cfg.needs_table else None))
+
+
+def _pulse_energy(table: Table | None) -> float | None:
+    """The mean energy of one write pulse of ``table`` (J), None where it has no ``energy``
+    surface (the write energy is then reported as unknown)."""
+    if table is None or "energy" not in table.surfaces:
+        return None
+    from calibration.energy_model import pulse_energy_j
+
+    return pulse_energy_j(table)
+
+
+def write_energy(pulses: int, pulse_energy: float | None) -> dict[str, Any]:
+    """``write_energy_uj`` (the pulses times the mean pulse energy of the ``energy``
+    surface, uJ; None when that is unknown) and ``pulse_energy_pj``."""
+    if pulse_energy is None:
+        return {"write_energy_uj": None, "pulse_energy_pj": None}
+    return {"write_energy_uj": int(pulses) * pulse_energy * 1e6,
+            "pulse_energy_pj": pulse_energy * 1e12}
 
 
 def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None,
@@ -535,6 +559,7 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
                               "dataset": dataset, "fresh_chip": fresh_chip,
                               "test_samples": len(data.test),
                               "split_seed": split["seed"] if data.name == "mnist5k" else None}
+    pulses = 0
     if cfg.analog:
         if table is None:
             path = ckpt.get("table_path")
@@ -549,7 +574,7 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
         if fresh_chip is not None:
             fresh = _chip(cfg, table, fresh_chip, dev, read_noise)
             for _, layer in analog_layers(model):
-                layer.reprogram_fresh(fresh)
+                pulses += layer.reprogram_fresh(fresh).pulses
     else:
         model.load_state_dict(ckpt["model"])
         if fresh_chip is not None:
@@ -558,6 +583,7 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
                                   "(--table or --preset) to be programmed onto a chip")
             chip = _chip(cfg, table, fresh_chip, dev, read_noise)
             from_digital(model, chip, range_margin=1.0)
+            pulses += sum(layer.mapping_pulses for _, layer in analog_layers(model))
         else:
             table = None                                   # software weights read no table
             if cfg.mode == "qat":                          # on its levels, without noise
@@ -565,4 +591,7 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
                                         noise=cfg.qat_noise)
     result["test_accuracy"] = accuracy(model, data.test, device=dev)
     result["table"], result["table_hash"] = _table_id(table)
+    # the writes this evaluation did: programming onto a fresh chip (none without one)
+    result["write_pulses"] = pulses
+    result.update(write_energy(pulses, _pulse_energy(table)))
     return result
