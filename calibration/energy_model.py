@@ -104,20 +104,26 @@ class TileOperation:
         return {b: self.energy_j[b] * 1e9 for b in BLOCKS}
 
 
+def _table_error(message: str) -> TableError:
+    """A TableError about the table the ``--table`` option (or the preset) named."""
+    err = TableError(message)
+    err.field = "table"
+    return err
+
+
 def _energy_surface(table: "Table"):
     if "energy" not in table.surfaces:
-        raise TableError(
+        raise _table_error(
             f"the table {str(table.path)!r} has no 'energy' surface (it holds "
             f"{sorted(table.surfaces)}): build it with `circuitsim calibrate` (add "
-            "`--surfaces energy` for that surface alone) and pass the new table",
-            field="table")
+            "`--surfaces energy` for that surface alone) and pass the new table")
     surface = table.surface("energy")
     missing = [k for k in _NEEDED if k not in surface.datasets]
     if missing:
-        raise TableError(
+        raise _table_error(
             f"the table {str(table.path)!r} has an 'energy' surface without {missing} (it "
             "was built before the TIAs had supply pins): build a new one with `circuitsim "
-            "calibrate`", field="table")
+            "calibrate`")
     return surface
 
 
@@ -130,9 +136,8 @@ def tile_operation(table: "Table", config: EnergyModelConfig | None = None) -> T
     kinds = list(surface.attrs.get("tile_kind_names", ["random", "top", "floor"]))
     random = ds["vmm_tile_kind"] == kinds.index("random")
     if not np.any(random):
-        raise TableError(f"the table {str(table.path)!r} has no random VMM case in its "
-                         "'energy' surface: calibrate with the preset's energy grid",
-                         field="table")
+        raise _table_error(f"the table {str(table.path)!r} has no random VMM case in its "
+                         "'energy' surface: calibrate with the preset's energy grid")
 
     def mean(key: str) -> float:
         return float(np.mean(ds[key][random]))
@@ -181,9 +186,9 @@ def pulse_energy_j(table: "Table") -> float:
     """The mean energy of one write pulse (SET and RESET, every amplitude and initial state
     of the ``energy`` surface), J: what a pulse count of write-and-verify costs."""
     if "energy" not in table.surfaces:
-        raise TableError(
+        raise _table_error(
             f"the table {str(table.path)!r} has no 'energy' surface: build it with "
-            "`circuitsim calibrate`", field="table")
+            "`circuitsim calibrate`")
     return float(np.mean(table.surface("energy").datasets["pulse_energy_j"].data))
 
 
