@@ -115,6 +115,43 @@ def cmd_device_pulses(args: argparse.Namespace) -> None:
     emit(args, payload, summary)
 
 
+# ---- device retention -------------------------------------------------------------------
+def cmd_device_retention(args: argparse.Namespace) -> None:
+    from circuitsim.retention import plot_retention, simulate_retention
+
+    hw, solver = hardware(args)
+    levels = None
+    if args.levels is not None:
+        try:
+            levels = [int(v) for v in args.levels.split(",")]
+        except ValueError:
+            raise ConfigError(f"--levels {args.levels!r} must be comma-separated level "
+                              "indices, e.g. 0,5,15", field="--levels") from None
+    if args.plot is not None:
+        _output_folder(args.plot, "--plot")
+    with open_runner(solver) as runner:
+        res = simulate_retention(hw, runner=runner, hours=args.hours, levels=levels,
+                                 temperature_k=args.temperature)
+    if args.plot is not None:
+        plot_retention(res, args.plot)
+    drift = res.drift_levels
+    payload = {
+        "levels": res.levels.tolist(),
+        "times_s": [float(v) for v in res.times_s],
+        "conductance_us": [[round(float(v), 6) for v in row] for row in res.conductance_us],
+        "drift_levels": [round(float(v), 6) for v in drift],
+        "level_spacing_us": res.spacing_us,
+        "hours": args.hours,
+        "temperature_k": res.temperature_k,
+        "plot": None if args.plot is None else str(args.plot),
+        "solve_seconds": res.solve_seconds,
+    }
+    worst = int(np.argmax(np.abs(drift)))
+    emit(args, payload, f"{len(res.levels)} levels after {args.hours:g} h at "
+                        f"{res.temperature_k:g} K: largest drift {drift[worst]:+.3f} level "
+                        f"spacings (level {int(res.levels[worst])})")
+
+
 # ---- device fit -------------------------------------------------------------------------
 def _fit_target(args: argparse.Namespace) -> Path:
     out = args.out if args.out is not None else Path(f"{Path(args.data).stem}-fit.toml")
@@ -457,7 +494,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             table = open_table_option(Path(saved), "--checkpoint")
             check_table_matches(args, table)
     result = evaluate(args.checkpoint, args.dataset, table=table, fresh_chip=args.fresh_chip,
-                      device=args.device, loaded=ckpt)
+                      device=args.device, after_s=args.after,
+                      temperature_k=args.temperature, loaded=ckpt)
     where = f"a fresh chip (seed {args.fresh_chip})" if args.fresh_chip is not None else \
         ("the training chip" if analog else f"{mode} weights")
+    if args.after is not None:
+        where += f", {args.after:g} s after programming at {result['temperature_k']:g} K"
     emit(args, result, f"test accuracy {100 * result['test_accuracy']:.2f}% on {where}")

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from cli.commands import (cmd_array, cmd_calibrate, cmd_device_fit, cmd_device_pulses,
-                          cmd_device_synthesize, cmd_evaluate, cmd_report, cmd_sweep,
-                          cmd_train, cmd_validate)
+                          cmd_device_retention, cmd_device_synthesize, cmd_evaluate,
+                          cmd_report, cmd_sweep, cmd_train, cmd_validate)
 from cli.demo import cmd_demo
 from cli.energy import cmd_energy
 from netlists.errors import ConfigError
@@ -102,6 +102,16 @@ def _non_negative_number(text: str) -> float:
     return value
 
 
+def _duration(text: str) -> float:
+    """Seconds in a duration such as ``24h`` (``surrogate.retention.parse_duration``)."""
+    from surrogate.retention import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="print one JSON object as the last line of stdout (an error too)")
@@ -147,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     pulses.add_argument("--seed", type=_seed, default=0,
                         help="seed of the device-to-device and cycle-to-cycle draws (>= 0)")
     _add_common(pulses)
+
+    ret = _command(dev_sub, "retention", cmd_device_retention,
+                   "programmed levels left alone, solved in ngspice: conductance vs time")
+    ret.add_argument("--levels", help="comma-separated level indices (default: all levels, "
+                                      "or 16 spread over them)")
+    ret.add_argument("--hours", type=_number, default=24.0,
+                     help="time after programming, hours (default 24)")
+    ret.add_argument("--temperature", type=_number, metavar="K",
+                     help="ambient temperature, K (default: the device's, 300 K)")
+    ret.add_argument("--plot", type=Path, help="levels vs time (PNG) here")
+    _add_common(ret)
 
     fit = _command(dev_sub, "fit", cmd_device_fit,
                    "fit the compact model to measured pulse trains, confirm it in ngspice")
@@ -272,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only its test split is read (mnist5k: the run's own held-out digits)")
     ev.add_argument("--fresh-chip", type=_seed, metavar="SEED",
                     help="first program the model onto a new simulated chip")
+    ev.add_argument("--after", type=_duration, metavar="DURATION",
+                    help="evaluate this long after programming, the devices drifting "
+                         "(90s, 30min, 2h, 24h, 7d, 1y; the table's retention surface)")
+    ev.add_argument("--temperature", type=_number, metavar="K",
+                    help="ambient temperature while the devices wait, K (default: the "
+                         "device's, 300 K)")
     ev.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     _add_table_options(ev)
     _add_common(ev)

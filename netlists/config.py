@@ -155,6 +155,10 @@ class DeviceParams(_Validated):
                                doc="device-to-device spread: log-normal sigma of the rate")
     d2d_window_sigma: float = _q(0.03, 0.0, 1.0,
                                  doc="device-to-device spread: log-normal sigma of n_min and n_max")
+    ea_retention_ev: float = _q(1.1, 0.0, 5.0,
+                                doc="activation energy of vacancy diffusion at zero bias, eV")
+    nu_retention_hz: float = _q(5.2e11, 0.0, 1e30,
+                                doc="relaxation attempt rate at zero bias, 1/s (0: no drift)")
 
     def _check(self) -> None:
         if not self.n_min < self.n_max:

@@ -18,6 +18,7 @@ numpy; ``circuitsim.reference`` solves the numpy ones)::
     V_sw      = V(te, be) - I R_s                           voltage across the oxide
     dN/dt     = k_c k_d nu_set   exp(-Ea_set / V_T)   sinh(z a V_sw / (2 L V_T)) (1 - (N/N_max)^p_set)   V_sw > 0
               = k_c k_d nu_reset exp(-Ea_reset / V_T) sinh(z a V_sw / (2 L V_T)) (1 - (N_min/N)^p_reset) V_sw < 0
+              + k_d nu_ret exp(-Ea_ret / V_T) (N_init - N)                  relaxation, at any bias
 
 Positive ``V(te, be)`` (SET) drives vacancies into the bulk and raises ``N`` and the
 conductance; negative voltage (RESET) lowers them. The window factors vanish at the bounds,
@@ -25,6 +26,16 @@ and are clipped at zero so the state never leaves ``[N_min, N_max]`` (smooth bou
 ``k_c`` is a cycle-to-cycle multiplier applied from a node (one log-normal draw per pulse),
 ``k_d`` a device-to-device multiplier, and ``w_d`` scales ``N_min`` and ``N_max``
 (device-to-device window spread).
+
+Relaxation (retention). Without a field the vacancies still hop, thermally activated: the
+bulk exchanges them with the reservoir by diffusion (Fick: the net flux is proportional to
+the concentration difference) and relaxes towards the concentration it was born with,
+``N_init``, with the rate ``k_d nu_ret exp(-Ea_ret / V_T)`` (``nu_ret ~ nu_0 (a / L)^2``, a
+phonon attempt frequency times the squared ratio of hop distance to thickness). A programmed
+low level therefore drifts up; levels near ``N_init`` barely move. At 300 K the default
+relaxation time is 68 days: the lowest of 16 levels drifts up a quarter of a level spacing
+in 24 h, the top level 0.03 spacing. During a 100 ns pulse the term moves the state by
+< 1e-6 of a level, so it only shows over seconds to years.
 
 Two subcircuits are rendered:
 
@@ -126,7 +137,9 @@ class BulkSwitchingModel:
                     f"*max(0,1-pow({n}/{nmax},{p.p_window_set:.10g}))")
         reset_rate = (f"{p.nu_reset_hz:.10g}*exp(-{p.ea_reset_ev:.10g}/{vt})*sinh({arg})"
                       f"*max(0,1-pow({nmin}/{n},{p.p_window_reset:.10g}))")
-        return f"V(kc)*kd*({vsw}>0 ? {set_rate} : {reset_rate})"
+        relax = (f"{p.nu_retention_hz:.10g}*exp(-{p.ea_retention_ev:.10g}/{vt})"
+                 f"*({p.n_init:.10g}-{n})")
+        return f"kd*(V(kc)*({vsw}>0 ? {set_rate} : {reset_rate})+{relax})"
 
     def library(self) -> str:
         """SPICE text defining ``rram_dyn`` and ``rram_frozen`` for these parameters."""
@@ -259,14 +272,22 @@ class BulkSwitchingModel:
             return p.nu_set_hz * np.exp(-p.ea_set_ev / vt) * s
         return p.nu_reset_hz * np.exp(-p.ea_reset_ev / vt) * s
 
+    def relaxation_rate(self, n: object, temp_k: object, kd: object = 1.0) -> np.ndarray:
+        """The zero-bias part of dN/dt, (1e26 m^-3)/s: ``kd nu_ret exp(-Ea_ret / V_T)
+        (n_init - n)`` (diffusion towards the pristine state)."""
+        p = self.params
+        vt = K_B_EV * np.asarray(temp_k, float)
+        n = np.maximum(np.asarray(n, float), _STATE_FLOOR)
+        return kd * p.nu_retention_hz * np.exp(-p.ea_retention_ev / vt) * (p.n_init - n)
+
     def rate(self, v: object, n: object, i: object, temp_k: object, *,
              kc: float = 1.0, kd: float = 1.0, wd: float = 1.0) -> np.ndarray:
-        """dN/dt in (1e26 m^-3)/s."""
+        """dN/dt in (1e26 m^-3)/s: switching plus relaxation."""
         vsw = np.asarray(v, float) - np.asarray(i, float) * self.params.r_series_ohm
         n = np.maximum(np.asarray(n, float), _STATE_FLOOR)
         up = self.hop_rate(1, vsw, temp_k) * self.window_factor(1, n, wd)
         down = self.hop_rate(-1, vsw, temp_k) * self.window_factor(-1, n, wd)
-        return kc * kd * np.where(vsw > 0, up, down)
+        return kc * kd * np.where(vsw > 0, up, down) + self.relaxation_rate(n, temp_k, kd)
 
 
 def device_library(p: DeviceParams) -> str:

@@ -83,7 +83,14 @@ class DeviceModelInterface(Protocol):
 
     def rate(self, v: object, n: object, i: object, temp_k: object, *, kc: float = 1.0,
              kd: float = 1.0, wd: float = 1.0) -> np.ndarray:
-        """``dN/dt`` at voltage ``v``, state ``n``, current ``i`` and temperature ``temp_k``."""
+        """``dN/dt`` at voltage ``v``, state ``n``, current ``i`` and temperature ``temp_k``
+        (switching and relaxation)."""
+        ...
+
+    def relaxation_rate(self, n: object, temp_k: object, kd: object = 1.0) -> np.ndarray:
+        """The zero-bias part of ``dN/dt`` (retention): what the state does between reads.
+        ``kd`` multiplies it as it multiplies every rate, so a device with ``kd`` drifts as
+        the nominal one does in ``kd`` times the time."""
         ...
 
 

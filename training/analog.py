@@ -67,6 +67,7 @@ from netlists.config import HardwareConfig, SurrogateConfig
 from netlists.errors import CircuitSimError, ConfigError
 from surrogate.normal_stream import NormalStream
 from surrogate.program_model import Devices, ProgrammingModel
+from surrogate.retention import Retention
 from surrogate.statistical import StatisticalProgramming
 from surrogate.tile import PreparedTiles, TileSurrogate
 
@@ -163,6 +164,7 @@ class AnalogChip:
         #: 4 bytes each, stay cache-sized)
         self.chunk_reads = CHUNK_READS
         self.hw: HardwareConfig = self.reader.hw
+        self._retention: Retention | None = None
         self.g_lo, self.g_hi = (float(v) for v in self.programmer.level_window_s)
         self.levels = int(self.programmer.levels)
         hw = self.hw
@@ -175,6 +177,14 @@ class AnalogChip:
         self.code_to_dot = (self.reader.lsb_v * levels_in
                             / ((levels_in - 1) * self.reader.tia_gain_ohm * hw.drive.v_read_v
                                * (self.g_hi - self.g_lo)))
+
+    @property
+    def retention(self) -> Retention:
+        """What the devices do after programming (the table's ``retention`` surface; a
+        TableError naming the command that builds it when the table has none)."""
+        if self._retention is None:
+            self._retention = Retention(self.table)
+        return self._retention
 
     @property
     def pairs(self) -> int:
@@ -333,6 +343,14 @@ class AnalogTiles(nn.Module):
             stats = self.program(self.weight.detach().clone(), count=False)
             self.mapping_pulses = stats.pulses
             return stats
+
+    def age(self, seconds: float, temperature_k: float) -> None:
+        """Leave the devices alone for ``seconds`` at ``temperature_k``: each state drifts
+        as the chip's ``retention`` surface says, and the tiles are prepared anew."""
+        with torch.no_grad():
+            self.state.copy_(self.chip.retention.after(self.state, self.kd, seconds,
+                                                       temperature_k))
+            self._forget_tiles()
 
     # -- reading -------------------------------------------------------------------------
     def _tiles(self) -> PreparedTiles:

@@ -512,6 +512,20 @@ def _pulse_energy(table: Table | None) -> float | None:
     return pulse_energy_j(table)
 
 
+def _age(model: nn.Module, table: Table, after_s: float,
+         temperature_k: float | None) -> dict[str, Any]:
+    """Every analog layer's devices left alone ``after_s`` at ``temperature_k`` (default
+    the device's ambient temperature); the keys the result gains."""
+    temp = table.hardware().device.t_ambient_k if temperature_k is None \
+        else float(temperature_k)
+    layers = [layer for _, layer in analog_layers(model)]
+    if layers:
+        layers[0].chip.retention.check(float(after_s), temp)   # before any layer moves
+    for layer in layers:
+        layer.age(float(after_s), temp)
+    return {"after_s": float(after_s), "temperature_k": temp}
+
+
 def write_energy(pulses: int, pulse_energy: float | None) -> dict[str, Any]:
     """``write_energy_uj`` (the pulses times the mean pulse energy of the ``energy``
     surface, uJ; None when that is unknown) and ``pulse_energy_pj``."""
@@ -523,7 +537,8 @@ def write_energy(pulses: int, pulse_energy: float | None) -> dict[str, Any]:
 
 def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None,
              fresh_chip: int | None = None, device: str = "auto",
-             read_noise: bool | None = None,
+             read_noise: bool | None = None, after_s: float | None = None,
+             temperature_k: float | None = None,
              loaded: dict[str, Any] | None = None) -> dict[str, Any]:
     """Test accuracy of a checkpoint on ``dataset``'s test split (module docstring).
 
@@ -536,10 +551,20 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
     The result names the test split (``test_samples``, ``split_seed``: None for a dataset
     with a fixed split) and the table used (``table``, ``table_hash``: None when none was).
     ``loaded``: what :func:`load_checkpoint` already read from ``checkpoint`` (saves
-    reading and hashing it again).
+    reading and hashing it again). ``after_s``: evaluate that long after programming (the
+    end of training, or the fresh chip's programming), the devices left alone at
+    ``temperature_k`` (default the device's ambient temperature) and drifting as the
+    table's ``retention`` surface says; the result gains ``after_s`` and ``temperature_k``.
     """
     ckpt = loaded if loaded is not None else load_checkpoint(checkpoint)
     cfg = TrainConfig(**ckpt["config"])
+    if after_s is None and temperature_k is not None:
+        raise ConfigError("a temperature only matters with a time after programming: give "
+                          "--after too", field="temperature")
+    if after_s is not None and not cfg.analog and fresh_chip is None:
+        raise ConfigError(f"a {cfg.mode} checkpoint holds no programmed devices to drift: "
+                          "give --fresh-chip SEED to program it onto a chip first",
+                          field="after")
     if read_noise is None:
         read_noise = cfg.read_noise
     dev = pick_device(device)
@@ -589,6 +614,8 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
             if cfg.mode == "qat":                          # on its levels, without noise
                 make_quantization_aware(model, levels=int(ckpt["qat_levels"]),
                                         noise=cfg.qat_noise)
+    if after_s is not None:
+        result.update(_age(model, table, after_s, temperature_k))
     result["test_accuracy"] = accuracy(model, data.test, device=dev)
     result["table"], result["table_hash"] = _table_id(table)
     # the writes this evaluation did: programming onto a fresh chip (none without one)

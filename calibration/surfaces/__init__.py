@@ -18,6 +18,7 @@ _MODULES = {
     "tia": "tia",
     "adc": "adc",
     "energy": "energy",
+    "retention": "retention",
 }
 SURFACE_NAMES = tuple(_MODULES)
 
