@@ -24,7 +24,7 @@ import numpy as np
 
 from calibration.base import Array, SurfaceData, preset_grid, result_vector
 from netlists.config import HardwareConfig
-from netlists.errors import ConfigError
+from netlists.errors import ConfigError, SimulatorError
 from netlists.retention import render_retention_deck, state_vector
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -139,7 +139,8 @@ class RetentionSurface:
         t = result_vector(res, "time", name)
         at = deck.times_s / deck.time_scale
         if t[-1] < at[-1] * (1 - 1e-9):
-            raise ConfigError(f"{name}: the transient stopped at {t[-1]!r} of {at[-1]!r}")
+            raise SimulatorError(f"the transient stopped at {t[-1]!r} s of {at[-1]!r} s",
+                                 netlist=name)
         n0 = np.tile(grid.initial_states(hw), 3)
         states = np.stack([np.concatenate([[n0[k]], np.interp(
             at, t, result_vector(res, state_vector(k), name))]) for k in range(deck.devices)])
