@@ -340,10 +340,11 @@ def open_table_option(path: Path, option: str = "--table"):
         raise
 
 
-def load_calibration(args: argparse.Namespace):
+def load_calibration(args: argparse.Namespace, surfaces: list[str] | None = None):
     """The calibration table a command asks for: ``--table PATH`` (checked against any
     ``--preset``/``--config`` given), or ``--preset`` (with ``--config``) from the cache,
-    built first when it is missing (with its progress bar)."""
+    built first when it is missing (with its progress bar); ``surfaces``: only those
+    (default all)."""
     from calibration.calibrate import calibrate
     from calibration.store import default_cache_dir, open_table
 
@@ -354,9 +355,10 @@ def load_calibration(args: argparse.Namespace):
     hw, solver = hardware(args)
     check_writable_folder(default_cache_dir(), what="the calibration cache")
     res = calibrate(hw, preset=args.preset or DEFAULT_PRESET, solver=solver,
-                    workers=getattr(args, "workers", 2))
+                    surfaces=surfaces, workers=getattr(args, "workers", 2))
     if not res.cache_hit:
-        print(f"calibration built from {res.spice_runs} ngspice runs in {res.seconds:.0f} s: "
+        what = "calibration" if surfaces is None else " and ".join(surfaces) + " surface"
+        print(f"{what} built from {res.spice_runs} ngspice runs in {res.seconds:.0f} s: "
               f"{res.path}", file=sys.stderr)
     return open_table(res.path, expected_hash=res.content_hash)
 

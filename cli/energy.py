@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from cli.commands import (DEFAULT_PRESET, check_table_matches, emit, hardware,
-                          open_table_option)
+from cli.commands import emit, load_calibration
 from netlists.errors import ConfigError
-from netlists.files import check_writable_folder
 
 
 def _energy_table(args: argparse.Namespace):
     """``--table`` (checked against ``--preset``/``--config``), else the preset's ``energy``
     surface from the cache, built first when missing (that surface alone)."""
-    from calibration.calibrate import calibrate
-    from calibration.store import default_cache_dir, open_table
-
-    if args.table is not None:
-        table = open_table_option(args.table)
-        check_table_matches(args, table)
-        return table
-    hw, solver = hardware(args)
-    check_writable_folder(default_cache_dir(), what="the calibration cache")
-    res = calibrate(hw, preset=args.preset or DEFAULT_PRESET, solver=solver,
-                    surfaces=["energy"], workers=args.workers)
-    if not res.cache_hit:
-        print(f"energy surface built from {res.spice_runs} ngspice runs in "
-              f"{res.seconds:.0f} s: {res.path}", file=sys.stderr)
-    return open_table(res.path, expected_hash=res.content_hash)
+    return load_calibration(args, surfaces=["energy"])
 
 
 def cmd_energy(args: argparse.Namespace) -> None:
