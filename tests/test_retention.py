@@ -120,6 +120,11 @@ def test_lookup_follows_the_surface_between_its_points(tiny_calibration):
         drift = np.abs(want - s.numpy())
         # log-linear in time: within 1% of the drift on the tiny grid (4 times a decade)
         assert np.all(np.abs(got - want) <= 0.01 * drift + 1e-6), seconds
+    # between calibrated temperatures: the nearest one at the time the model's rate shifts
+    for temp in (315.0, 344.0):
+        got = ret.after(s, ones, 3600.0, temp).numpy()
+        want = _exact(d, s.numpy(), 3600.0, temp)
+        assert np.all(np.abs(got - want) <= 0.01 * np.abs(want - s.numpy()) + 1e-6), temp
     # kd: a device with kd = 2 drifts as the nominal one in twice the time
     fast = ret.after(s, 2 * ones, 7200.0, 300.0)
     assert torch.allclose(fast, ret.after(s, ones, 14400.0, 300.0))
