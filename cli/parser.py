@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ret = _command(dev_sub, "retention", cmd_device_retention,
                    "programmed levels left alone, solved in ngspice: conductance vs time")
-    ret.add_argument("--levels", help="comma-separated level indices (default: all levels, "
-                                      "or 16 spread over them)")
+    ret.add_argument("--levels", "--level", help="comma-separated level indices (default: "
+                                                 "all levels, or 16 spread over them)")
     ret.add_argument("--hours", type=_number, default=24.0,
                      help="time after programming, hours (default 24)")
     ret.add_argument("--temperature", type=_number, metavar="K",

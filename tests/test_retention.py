@@ -221,5 +221,8 @@ def test_device_retention_command(tmp_path):
     assert plot.stat().st_size > 0
     bad = _cli("device", "retention", "--preset", "paper-sim", "--levels", "0,99", "--json")
     assert bad.returncode == 2 and "[0, 15]" in bad.stderr
+    one = _cli("device", "retention", "--preset", "paper-sim", "--level", "3", "--hours",
+               "2", "--json")
+    assert one.returncode == 0 and json.loads(one.stdout.splitlines()[-1])["levels"] == [3]
     bad = _cli("device", "retention", "--preset", "paper-sim", "--levels", "a", "--json")
     assert bad.returncode == 2 and "--levels" in bad.stderr
