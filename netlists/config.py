@@ -106,6 +106,16 @@ class _Validated:
     def _check(self) -> None:
         """Cross-field checks; overridden where fields constrain each other."""
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """The block from its TOML table ``[section]``, validated."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"[{cls.section}] must be a table of fields, got {data!r}")
+        return _construct(cls, cls.section, data)
+
 
 @dataclass(frozen=True)
 class DeviceParams(_Validated):
@@ -561,14 +571,6 @@ class SurrogateConfig(_Validated):
             return self.read_noise * span / (level_count - 1)
         return self.read_noise * 1e-6
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SurrogateConfig":
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"[surrogate] must be a table of fields, got {data!r}")
-        return _construct(cls, "surrogate", data)
 
 
 def _chip() -> HardwareConfig:

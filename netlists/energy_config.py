@@ -17,14 +17,12 @@ converters in Murmann's ADC performance survey (1997-2023).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar
 
-from netlists.config import _construct, _q, _Validated, read_toml
-from netlists.errors import ConfigError
+from netlists.config import _q, _Validated, read_toml
 
 __all__ = ["EnergyModelConfig", "load_energy_config"]
 
@@ -86,14 +84,6 @@ class EnergyModelConfig(_Validated):
                             doc="digital accumulation after the last conversion, s (0: "
                                 "pipelined behind the next operation's read)")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EnergyModelConfig":
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"[energy] must be a table of fields, got {data!r}")
-        return _construct(cls, "energy", data)
 
 
 def load_energy_config(path: str | os.PathLike[str] | None) -> EnergyModelConfig:
