@@ -267,6 +267,25 @@ def _settled_weights(bit_weight: np.ndarray, from_rest: float, repeat: float, ta
     return bit_weight @ big_h
 
 
+def _settling_basis(load_a: np.ndarray) -> np.ndarray:
+    """The settling components, (bits, bits) orthonormal rows, of the plane weights
+    ``load_a`` (loads, bits) ordered from the lightest load: first the lightest load's own
+    weights (its TIA settles the most), then the directions in which heavier loads depart
+    from them, largest first.
+
+    Columns of trained weights are light (most devices of a pair near their floor), and on
+    them the first component alone is within ``SETTLING_TOLERANCE_LSB`` (one lookup and one
+    GEMM); the leading singular vectors of all loads would split even the light columns'
+    weights over two components, the heavy loads pulling the first one towards them."""
+    first = load_a[0] / np.linalg.norm(load_a[0])
+    departure = load_a - np.outer(load_a @ first, first)
+    _, _, directions = np.linalg.svd(departure, full_matrices=True)
+    # Householder QR: orthonormal whatever the rank of the departures
+    q, _ = np.linalg.qr(np.column_stack([first, directions.T]))
+    basis = q.T
+    return basis * np.sign(basis.sum(axis=1, keepdims=True) + 1e-300)
+
+
 def _slope(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     slope, intercept = np.polyfit(x[mask], y[mask], 1)
     return float(slope), float(intercept)
@@ -364,8 +383,7 @@ class TileSurrogate:
         # orthonormal basis of them (largest components first) that the shortcut reads.
         load_a = np.stack([_settled_weights(bit_weight, f, r, t, t_bit)
                            for f, r, t in zip(rest_load, rep_load, tau_load)])
-        _, _, basis = np.linalg.svd(load_a, full_matrices=True)
-        basis = basis * np.sign(basis.sum(axis=1, keepdims=True) + 1e-300)
+        basis = _settling_basis(load_a)
         self.u0_v = -u0                              # settled "-v_out" at zero current
         self.d_offset_v = d_offset
         levels = np.arange(2 ** bits)
@@ -455,39 +473,77 @@ class TileSurrogate:
                                   method=self.method)
         colsum = w.sum(-2)                                            # (..., M)
         gain = self.tia_gain_ohm
-        peak = gain * (v_read * colsum + abs(self.v_offset_v) * colsum)
+        peak = self._peak(colsum)
         linear = torch.all(peak <= self.linear_limit_v, dim=-1)      # (...,)
         a_cols = self.column_plane_weights(colsum)                   # (..., M, bits) f64
         total_a = a_cols.sum(-1).to(w.dtype)
         offset = (-gain * self.v_offset_v * total_a * colsum
                   + self.u0_v * total_a + self.d_offset_v)
-        basis = self._basis
-        coef = a_cols @ basis.T                                      # (..., M, bits)
-        r = self._settling_rank(a_cols, coef, basis, peak, rank)
+        plane_weights = a_cols.to(w.dtype)
+        coef = plane_weights.to(torch.float64) @ self._basis.T       # (..., M, bits)
+        r = self._settling_rank(plane_weights, coef, peak, rank)
         coef = coef.to(w.dtype)
         base = (gain * v_read) * w
         w_scaled = base * coef[..., None, :, 0]
-        w_extra = torch.stack([base * coef[..., None, :, k] for k in range(1, r)], dim=-3) \
-            if r > 1 else w.new_zeros((*w.shape[:-2], 0, *w.shape[-2:]))
         ext = w.new_zeros((*w.shape[:-2], 2 * self.rows, self.cols + 1))
         ext[..., 0::2, :self.cols] = w_scaled
         ext[..., 1::2, self.cols] = (gain * v_read * self.read_noise_s) ** 2
         noise_scale = ((a_cols ** 2).sum(-1) / self._noise_ref).to(w.dtype)
         return PreparedTiles(g=g, w=w, w_scaled=w_scaled, offset_v=offset, linear=linear,
-                             w_noise=ext, plane_weights=a_cols.to(w.dtype), w_extra=w_extra,
+                             w_noise=ext, plane_weights=plane_weights,
+                             w_extra=self._extra_components(base, coef, r),
                              noise_scale=noise_scale)
 
-    def _settling_rank(self, a_cols: torch.Tensor, coef: torch.Tensor, basis: torch.Tensor,
+    def settling_rank(self, tiles: PreparedTiles) -> int:
+        """The fewest settling components that read ``tiles`` within
+        ``SETTLING_TOLERANCE_LSB`` (what :meth:`prepare` chooses by default)."""
+        pw = tiles.plane_weights
+        coef = pw.to(torch.float64) @ self._basis.T
+        return self._settling_rank(pw, coef, self._peak(tiles.w.sum(-2)), None)
+
+    def with_rank(self, tiles: PreparedTiles, rank: int) -> PreparedTiles:
+        """``tiles`` read on ``rank`` settling components: what :meth:`prepare` gives with
+        that rank, from the prepared fields (no network solve). A rank below
+        :meth:`settling_rank` leaves the tolerance: the caller's choice."""
+        bits = self._basis.shape[0]
+        if not 1 <= int(rank) <= bits:
+            raise ConfigError(f"rank = {rank!r} must be a whole number in [1, {bits}]")
+        if int(rank) == tiles.rank:
+            return tiles
+        w = tiles.w
+        coef = (tiles.plane_weights.to(torch.float64) @ self._basis.T).to(w.dtype)
+        base = (self.tia_gain_ohm * self.hw.drive.v_read_v) * w
+        return dataclasses.replace(tiles, w_extra=self._extra_components(base, coef,
+                                                                         int(rank)))
+
+    @staticmethod
+    def _extra_components(base: torch.Tensor, coef: torch.Tensor, rank: int
+                          ) -> torch.Tensor:
+        """(..., rank - 1, N, M): the operands of the settling components after the first,
+        ``base`` (..., N, M) = ``G v_read W`` times each column's coefficient ``coef``
+        (..., M, bits) on the component."""
+        if rank == 1:
+            return base.new_zeros((*base.shape[:-2], 0, *base.shape[-2:]))
+        return torch.stack([base * coef[..., None, :, k] for k in range(1, rank)], dim=-3)
+
+    def _peak(self, colsum: torch.Tensor) -> torch.Tensor:
+        """Each column's largest TIA output (every input bit at 1), V, from its effective
+        conductance ``colsum`` (..., M)."""
+        return self.tia_gain_ohm * (self.hw.drive.v_read_v + abs(self.v_offset_v)) * colsum
+
+    def _settling_rank(self, plane_weights: torch.Tensor, coef: torch.Tensor,
                        peak: torch.Tensor, rank: int | None) -> int:
         """The fewest settling components whose truncation moves no column's ``D`` by more
         than ``SETTLING_TOLERANCE_LSB`` (bound: every plane at the column's largest
         output ``peak``), and at least ``rank``."""
+        basis = self._basis
         bits = basis.shape[0]
         least = 1 if rank is None else int(rank)
         if not 1 <= least <= bits:
             raise ConfigError(f"rank = {rank!r} must be a whole number in [1, {bits}]")
-        if a_cols.numel() == 0:
+        if plane_weights.numel() == 0:
             return least
+        a_cols = plane_weights.to(torch.float64)
         limit = SETTLING_TOLERANCE_LSB * self.lsb_v
         top = peak.to(torch.float64)
         for r in range(least, bits + 1):

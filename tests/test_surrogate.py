@@ -530,3 +530,72 @@ def test_settling_follows_each_columns_conductance(slow_table):
     with pytest.raises(ConfigError, match="rank"):
         full.put(torch.tensor([True]), s.prepare(g[None], rank=1)) if full.rank > 1 \
             else s.prepare(g, rank=0)
+
+
+def test_the_first_settling_component_is_the_lightest_loads(slow_table):
+    """The settling basis starts with the plane weights of the lightest calibrated load, so
+    that lightly loaded tiles (trained weights: most devices near their floor) read on one
+    component; ``with_rank`` gives what ``prepare`` gives at that rank, and
+    ``settling_rank`` what ``prepare`` chooses."""
+    s = TileSurrogate(slow_table, dtype=torch.float64)
+    basis = s._basis
+    np.testing.assert_allclose((basis @ basis.T).numpy(), np.eye(basis.shape[0]), atol=1e-12)
+    first = s._a_load[0] / s._a_load[0].norm()
+    np.testing.assert_allclose(basis[0].numpy(), first.numpy(), atol=1e-12)
+    lo, hi = s.window_s
+    light = torch.full((s.rows, s.cols), lo, dtype=torch.float64)
+    heavy = light.clone()
+    heavy[:, s.cols // 2:] = hi
+    x = _inputs(s, 32, seed=5)
+    for g in (light, heavy):
+        tiles = s.prepare(g)
+        assert s.settling_rank(tiles) == tiles.rank
+        full = s.with_rank(tiles, len(basis))
+        assert float((s.analog(x, tiles) - s.analog(x, full)).abs().max()) <= 0.02 * s.lsb_v
+        for rank in (1, 2, 3):
+            want = s.prepare(g, rank=rank)
+            got = s.with_rank(tiles, want.rank)
+            for f in dataclasses.fields(want):
+                np.testing.assert_allclose(getattr(got, f.name).numpy(),
+                                           getattr(want, f.name).numpy(), rtol=1e-12,
+                                           atol=0, err_msg=f.name)
+    assert s.prepare(light).rank == 1
+    assert s.prepare(heavy).rank > 1
+    with pytest.raises(ConfigError, match="rank"):
+        s.with_rank(s.prepare(light), 0)
+
+
+def test_a_layer_reads_on_more_components_once_a_write_needs_them(slow_table):
+    """Writing a tile heavy enough to need more settling components raises the whole
+    layer's rank in place: the layer then reads as if prepared afresh, and the tiles not
+    written keep their network solve."""
+    from tests.conftest import TEST_TABLE
+    from training.analog import AnalogChip, AnalogLinear
+
+    # the shipped tiny chip (its programming surfaces), read through the slow op-amp's
+    # surrogate (the same tile but for the TIA's bandwidth)
+    chip = AnalogChip(open_table(TEST_TABLE), seed=2, read_noise=False)
+    chip.reader = TileSurrogate(slow_table, method="fast")
+    torch.manual_seed(4)
+    rows = chip.rows
+    layer = AnalogLinear(2 * rows, chip.cols // 2, chip=chip).tiles
+    with torch.no_grad():                                    # every device on its floor
+        layer.state.copy_(chip.programmer.floor_state(layer.devices()))
+        layer.target_level.zero_()
+    layer._forget_tiles()
+    layer.analog(torch.rand(8, 2 * rows))
+    light = layer._prepared.rank
+    before = layer._prepared.w.clone()
+    w = layer.weight.detach().clone()
+    w[:, :rows] = float(layer.w_max)                        # tile row 0: every device on top
+    pairs = torch.zeros_like(w, dtype=torch.bool)
+    pairs[:, :rows] = True
+    assert layer.program(w, pairs=pairs).devices > 0
+    fresh = chip.reader.prepare(layer.conductances())
+    kept = layer._prepared
+    assert kept.rank == fresh.rank > light
+    for f in dataclasses.fields(fresh):
+        torch.testing.assert_close(getattr(kept, f.name), getattr(fresh, f.name), rtol=1e-6,
+                                   atol=0, msg=f.name)
+    assert torch.equal(kept.w[1], before[1])
+    assert not torch.equal(kept.w[0], before[0])

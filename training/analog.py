@@ -365,13 +365,12 @@ class AnalogTiles(nn.Module):
         """Put the re-prepared tiles ``part`` (k, R, C) at the (tr, tc) places ``which``."""
         if self._prepared is None:
             return
-        full = self._prepared
-        if part.rank > full.rank:                # the new tiles need more settling components
-            self._forget_tiles()
-            return
-        if part.rank < full.rank:
-            part = self.chip.reader.prepare(part.g, check=False, rank=full.rank)
-        full.put(which, part)
+        reader = self.chip.reader
+        # the layer reads on as many settling components as its heaviest tile needs: the
+        # new tiles may need more than the layer had (all tiles then read on more), or fewer
+        rank = max(self._prepared.rank, reader.settling_rank(part))
+        self._prepared = reader.with_rank(self._prepared, rank)
+        self._prepared.put(which, reader.with_rank(part, rank))
         self._operands = None
 
     def _forget_tiles(self) -> None:
