@@ -63,6 +63,7 @@ from netlists.adc_model import adc_model
 from netlists.config import HardwareConfig, SurrogateConfig
 from netlists.errors import ConfigError, TableError
 from surrogate import fused
+from surrogate.network import fast_effective_conductance
 from surrogate.normal_stream import NormalStream
 
 __all__ = ["TileSurrogate", "PreparedTiles", "PairOperands", "TileRead",
@@ -131,19 +132,29 @@ def effective_conductance(g: torch.Tensor, coefficients: Any, *, iterations: int
             return torch.swapaxes(torch.flip(wt, (-2, -1)), -1, -2)
         return _unit_responses(g, r, iterations)
     if method == "fast":
-        # The line loss is linear in the currents along each line: with the row and column
-        # sums written as matrices (calibration.irdrop's dR and dC), one iteration is two
-        # small GEMMs and an update, whatever the number of tiles.
-        along_row, along_col = _line_matrices(r, rows, cols, g.dtype, g.device)
-        out = g
-        for step in range(iterations):
-            loss = torch.matmul(out, along_row).add_(torch.matmul(along_col, out))
-            if step == 0:  # the loss of g itself bounds the map's spectral radius
-                rho = torch.amax(loss, dim=(-2, -1))
-                w = (2.0 / (2.0 + torch.clamp(rho, min=0.0)))[..., None, None]
-            out = torch.lerp(out, loss.neg_().add_(1.0).mul_(g), w)
-        return out
+        if g.device.type == "cpu" and g.dtype in (torch.float32, torch.float64):
+            return fast_effective_conductance(g, r, iterations)
+        return _fast_torch(g, r, iterations)
     raise ConfigError(f"method = {method!r} is not allowed: choose one of {list(_METHODS)}")
+
+
+def _fast_torch(g: torch.Tensor, r: tuple[float, float, float, float],
+                iterations: int) -> torch.Tensor:
+    """``effective_conductance``'s ``"fast"`` iteration in torch (any device): the compiled
+    one's reference (``surrogate.network``)."""
+    # The line loss is linear in the currents along each line: with the row and column
+    # sums written as matrices (calibration.irdrop's dR and dC), one iteration is two
+    # small GEMMs and an update, whatever the number of tiles.
+    rows, cols = g.shape[-2:]
+    along_row, along_col = _line_matrices(r, rows, cols, g.dtype, g.device)
+    out = g
+    for step in range(iterations):
+        loss = torch.matmul(out, along_row).add_(torch.matmul(along_col, out))
+        if step == 0:  # the loss of g itself bounds the map's spectral radius
+            rho = torch.amax(loss, dim=(-2, -1))
+            w = (2.0 / (2.0 + torch.clamp(rho, min=0.0)))[..., None, None]
+        out = torch.lerp(out, loss.neg_().add_(1.0).mul_(g), w)
+    return out
 
 
 @dataclass(frozen=True)
