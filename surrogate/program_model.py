@@ -142,6 +142,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 from scipy.interpolate import CubicSpline, PchipInterpolator
@@ -327,6 +328,21 @@ def _fill_bounds(values: np.ndarray, inside: np.ndarray, x: np.ndarray, *,
         slope = (values[..., k1] - values[..., k0]) / (x[k1] - x[k0])
         out[..., j] = values[..., k0] + slope * (x[j] - x[k0])
     return out
+
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _conductance(n, g0, gdx, last, g_cell, out):  # noqa: ANN001 - numba kernel
+    """``ProgrammingModel._g``: each state's cell on the conductance nodes (the last one
+    ``last``) and its linear interpolation, in the dtype of ``n`` (``g0``, ``gdx`` and
+    ``last`` in it too) and in the torch path's order of operations."""
+    zero = last - last
+    for k in numba.prange(n.size):
+        x = (n[k] - g0) / gdx
+        i = np.floor(x)
+        i = zero if i < zero else (last if i > last else i)
+        j = int(i)
+        out[k] = (x - i) * g_cell[j, 1] + g_cell[j, 0]
 
 
 class ProgrammingModel:
@@ -720,7 +736,17 @@ class ProgrammingModel:
 
     def _g(self, t: dict[str, torch.Tensor], n: torch.Tensor) -> torch.Tensor:
         """Read conductance at state ``n``: linear on the resampled spline, continued
-        linearly past the ends."""
+        linearly past the ends (on the CPU in one compiled pass, the same numbers)."""
+        if n.device.type == "cpu" and n.dtype == self.dtype and n.dim() == 1:
+            out = torch.empty_like(n)
+            kind = n.numpy().dtype.type
+            _conductance(n.contiguous().numpy(), kind(self._g0), kind(self._gdx),
+                         kind(self._g_cells - 1), t["g_cell"].numpy(), out.numpy())
+            return out
+        return self._g_torch(t, n)
+
+    def _g_torch(self, t: dict[str, torch.Tensor], n: torch.Tensor) -> torch.Tensor:
+        """:meth:`_g` in torch (any device; the compiled pass's reference)."""
         # g_k + (x - k) * (g_(k+1) - g_k); here and below, in-place operations on
         # temporaries save allocations and compute the same numbers
         # by a Python number, which CUDA divides by as a multiplication by its reciprocal:

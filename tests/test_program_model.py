@@ -156,6 +156,24 @@ def test_read_conductance_reproduces_the_cell_read_surface(table, model):
     assert float(levels[-1]) == pytest.approx(model.window_s[1], rel=1e-6)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_compiled_read_is_the_torch_read_bit_for_bit(table, dtype):
+    """On the CPU a read conductance is one compiled pass; it gives torch's numbers exactly,
+    on the nodes, between them and past both ends."""
+    m = ProgrammingModel.from_table(table, dtype=dtype)
+    t = m._tensors(torch.device("cpu"))
+    span = m._gdx * m._g_cells
+    nodes = m._g0 + torch.arange(m._g_cells + 1, dtype=torch.float64) * m._gdx
+    inside = m._g0 + torch.rand(20_000, generator=_gen(4), dtype=torch.float64) * span
+    outside = torch.tensor([m._g0 - 0.3 * span, m._g0 - 1e-9, m._g0 + span + 1e-9,
+                            m._g0 + 1.5 * span], dtype=torch.float64)
+    n = torch.cat([nodes, inside, outside]).to(dtype)
+    got = m._g(t, n)
+    assert torch.equal(got, m._g_torch(t, n.clone()))
+    assert torch.equal(m.read(n, Devices.nominal(n.shape)), got)
+
+
 # ---- the procedure ------------------------------------------------------------------------
 
 _FLOOR, _SET, _RESET, _DONE = "floor", "set", "reset", "done"
