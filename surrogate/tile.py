@@ -176,13 +176,22 @@ class PreparedTiles:
     w_scaled: torch.Tensor
     offset_v: torch.Tensor
     linear: torch.Tensor
-    #: (..., 2N, M+1): ``w_scaled`` on the even rows, the read-noise variance per unit of
-    #: the noise lookup in the last column of the odd rows; one GEMM of the interleaved
-    #: lookup gives ``D`` and its noise variance together.
-    w_noise: torch.Tensor
+    #: (...,): the read-noise variance of ``D`` per unit of the noise lookup, per input (V^2)
+    noise_unit: torch.Tensor
     plane_weights: torch.Tensor
     w_extra: torch.Tensor
     noise_scale: torch.Tensor
+
+    @property
+    def w_noise(self) -> torch.Tensor:
+        """(..., 2N, M + 1): ``w_scaled`` on the even rows, ``noise_unit`` in the last column
+        of the odd rows; one GEMM of the interleaved lookup gives ``D`` and its noise
+        variance together (:meth:`TileSurrogate.analog`)."""
+        n, m = self.w_scaled.shape[-2:]
+        ext = self.w_scaled.new_zeros((*self.w_scaled.shape[:-2], 2 * n, m + 1))
+        ext[..., 0::2, :m] = self.w_scaled
+        ext[..., 1::2, m] = self.noise_unit[..., None]
+        return ext
 
     @property
     def all_linear(self) -> bool:
@@ -210,23 +219,33 @@ class PreparedTiles:
         ``D`` and its ``noise_scale``."""
         n, m = self.w_scaled.shape[-2:]
         r = self.rank
-        weights = self.w_noise.new_zeros((*self.w_scaled.shape[:-2], m + 1, r * n))
+        weights = self.w_scaled.new_zeros((*self.w_scaled.shape[:-2], m + 1, r * n))
         weights[..., :m, :n] = self.w_scaled.transpose(-1, -2)
         for k in range(1, r):
             weights[..., :m, k * n:(k + 1) * n] = self.w_extra[..., k - 1, :, :].transpose(-1, -2)
-        weights[..., m, :n] = self.w_noise[..., 1:2, -1]
+        weights[..., m, :n] = self.noise_unit[..., None]
         return weights, torch.stack([self.offset_v, self.noise_scale], dim=-1)
+
+    def stacked_columns(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`columns` of a layer's tiles (tr, tc, ...) with the tile columns stacked
+        along the outputs: ``weights`` (tr, tc M + 1, R N) (the read-noise row of tile
+        column 0 last) and ``offset`` (tr, tc M, 2); the operands of
+        :meth:`TileSurrogate.codes_columns` for inputs (tr, N, B)."""
+        weights, offset = self.columns()                            # (tr, tc, M + 1, R N)
+        tr, tc, m1, rn = weights.shape
+        stacked = torch.cat([weights[:, :, :-1].reshape(tr, tc * (m1 - 1), rn),
+                             weights[:, 0, -1:]], dim=1)
+        return stacked, offset.reshape(tr, -1, 2)
 
     def sliced(self, rows: int, cols: int) -> "PreparedTiles":
         """The same tiles read on their first ``rows`` rows and ``cols`` columns only (exact:
         rows without input carry no current, and columns are independent once W is
         known)."""
-        ext = torch.cat([self.w_noise[..., :2 * rows, :cols],
-                         self.w_noise[..., :2 * rows, -1:]], dim=-1)
         return PreparedTiles(g=self.g[..., :rows, :cols], w=self.w[..., :rows, :cols],
                              w_scaled=self.w_scaled[..., :rows, :cols],
                              offset_v=self.offset_v[..., :cols], linear=self.linear,
-                             w_noise=ext, plane_weights=self.plane_weights[..., :cols, :],
+                             noise_unit=self.noise_unit,
+                             plane_weights=self.plane_weights[..., :cols, :],
                              w_extra=self.w_extra[..., :rows, :cols],
                              noise_scale=self.noise_scale[..., :cols])
 
@@ -466,13 +485,14 @@ class TileSurrogate:
         frac = ((gs - g_axis[lo]) / (g_axis[hi] - g_axis[lo]))[..., None]
         return a_axis[lo] * (1 - frac) + a_axis[hi] * frac
 
-    def prepare(self, g: torch.Tensor, *, check: bool = True,
-                rank: int | None = None) -> PreparedTiles:
+    def prepare(self, g: torch.Tensor, *, check: bool = True, rank: int | None = None,
+                bound: bool = True) -> PreparedTiles:
         """Tiles of conductances ``g`` (..., N, M) in S -> what a read needs (module
         docstring). ``check=False`` skips the test that ``g`` is finite and non-negative
         (for conductances that the programming model computed). ``rank``: at least this
         many settling components (default: as few as keep every column within
-        ``SETTLING_TOLERANCE_LSB``)."""
+        ``SETTLING_TOLERANCE_LSB``); with ``bound=False`` exactly ``rank`` (default 1),
+        whatever the tiles need (:meth:`settling_rank` tells)."""
         g = torch.as_tensor(g, dtype=self.dtype, device=self.device)
         if g.shape[-2:] != (self.rows, self.cols):
             raise ConfigError(f"conductances of shape {tuple(g.shape)}: the tile is "
@@ -492,16 +512,15 @@ class TileSurrogate:
                   + self.u0_v * total_a + self.d_offset_v)
         plane_weights = a_cols.to(w.dtype)
         coef = plane_weights.to(torch.float64) @ self._basis.T       # (..., M, bits)
-        r = self._settling_rank(plane_weights, coef, peak, rank)
+        r = self._settling_rank(plane_weights, coef, peak, rank) if bound \
+            else self._check_rank(1 if rank is None else rank)
         coef = coef.to(w.dtype)
         base = (gain * v_read) * w
         w_scaled = base * coef[..., None, :, 0]
-        ext = w.new_zeros((*w.shape[:-2], 2 * self.rows, self.cols + 1))
-        ext[..., 0::2, :self.cols] = w_scaled
-        ext[..., 1::2, self.cols] = (gain * v_read * self.read_noise_s) ** 2
+        noise_unit = w.new_full(w.shape[:-2], (gain * v_read * self.read_noise_s) ** 2)
         noise_scale = ((a_cols ** 2).sum(-1) / self._noise_ref).to(w.dtype)
         return PreparedTiles(g=g, w=w, w_scaled=w_scaled, offset_v=offset, linear=linear,
-                             w_noise=ext, plane_weights=plane_weights,
+                             noise_unit=noise_unit, plane_weights=plane_weights,
                              w_extra=self._extra_components(base, coef, r),
                              noise_scale=noise_scale)
 
@@ -516,16 +535,13 @@ class TileSurrogate:
         """``tiles`` read on ``rank`` settling components: what :meth:`prepare` gives with
         that rank, from the prepared fields (no network solve). A rank below
         :meth:`settling_rank` leaves the tolerance: the caller's choice."""
-        bits = self._basis.shape[0]
-        if not 1 <= int(rank) <= bits:
-            raise ConfigError(f"rank = {rank!r} must be a whole number in [1, {bits}]")
-        if int(rank) == tiles.rank:
+        rank = self._check_rank(rank)
+        if rank == tiles.rank:
             return tiles
         w = tiles.w
         coef = (tiles.plane_weights.to(torch.float64) @ self._basis.T).to(w.dtype)
         base = (self.tia_gain_ohm * self.hw.drive.v_read_v) * w
-        return dataclasses.replace(tiles, w_extra=self._extra_components(base, coef,
-                                                                         int(rank)))
+        return dataclasses.replace(tiles, w_extra=self._extra_components(base, coef, rank))
 
     @staticmethod
     def _extra_components(base: torch.Tensor, coef: torch.Tensor, rank: int
@@ -536,6 +552,13 @@ class TileSurrogate:
         if rank == 1:
             return base.new_zeros((*base.shape[:-2], 0, *base.shape[-2:]))
         return torch.stack([base * coef[..., None, :, k] for k in range(1, rank)], dim=-3)
+
+    def _check_rank(self, rank: Any) -> int:
+        bits = self._basis.shape[0]
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) \
+                or not 1 <= rank <= bits:
+            raise ConfigError(f"rank = {rank!r} must be a whole number in [1, {bits}]")
+        return int(rank)
 
     def _peak(self, colsum: torch.Tensor) -> torch.Tensor:
         """Each column's largest TIA output (every input bit at 1), V, from its effective
@@ -549,9 +572,7 @@ class TileSurrogate:
         output ``peak``), and at least ``rank``."""
         basis = self._basis
         bits = basis.shape[0]
-        least = 1 if rank is None else int(rank)
-        if not 1 <= least <= bits:
-            raise ConfigError(f"rank = {rank!r} must be a whole number in [1, {bits}]")
+        least = self._check_rank(1 if rank is None else rank)
         if plane_weights.numel() == 0:
             return least
         a_cols = plane_weights.to(torch.float64)
@@ -642,20 +663,26 @@ class TileSurrogate:
                           read_noise=read_noise, adc_noise=adc_noise, check=check)
         return d.floor_().clamp_(0, self.top_code)
 
-    def pair_operands(self, weights: torch.Tensor, offset: torch.Tensor
-                      ) -> "PairOperands | None":
-        """What :meth:`pair_sums_columns` reads, from :meth:`codes_columns`' stacked
-        operands (``weights`` (tr, tc M + 1, R N), ``offset`` (tr, tc M, 2)), in the ADC's
-        LSB: computed once per programming. None where the fused conversion does not apply
-        (transition levels other than the ideal ones): convert the codes instead."""
+    def pair_operands(self, tiles: PreparedTiles) -> "PairOperands | None":
+        """What :meth:`pair_sums_columns` reads for a layer's tiles (tr, tc, ...), in the
+        ADC's LSB: :meth:`PreparedTiles.stacked_columns` scaled, built in one pass per
+        settling component; computed once per programming. None where the fused
+        conversion does not apply (transition levels other than the ideal ones): convert
+        the codes instead."""
         if not self._uniform_adc:
             return None
-        m = weights.shape[-2] - 1
+        tr, tc, n, m = tiles.w_scaled.shape
+        r = tiles.rank
         scale = 1.0 / self.lsb_v
-        return PairOperands(w=(weights[..., :m, :] * scale).contiguous(),
-                            noise=weights[..., m:, :].contiguous(),
-                            offset=(offset[..., 0] * scale + 0.5).contiguous(),
-                            noise_scale=offset[..., 1].contiguous())
+        w = tiles.w_scaled.new_empty((tr, tc, m, r * n))
+        parts = [tiles.w_scaled] + [tiles.w_extra[..., k, :, :] for k in range(r - 1)]
+        for k, part in enumerate(parts):
+            torch.mul(part.transpose(-1, -2), scale, out=w[..., k * n:(k + 1) * n])
+        noise = tiles.w_scaled.new_zeros((tr, 1, r * n))
+        noise[..., :n] = tiles.noise_unit[:, :1, None]
+        return PairOperands(w=w.view(tr, tc * m, r * n), noise=noise,
+                            offset=(tiles.offset_v * scale + 0.5).reshape(tr, tc * m),
+                            noise_scale=tiles.noise_scale.reshape(tr, tc * m))
 
     def pair_sums_columns(self, xt: torch.Tensor, ops: "PairOperands",
                           tile_scale: torch.Tensor, *, generator: NormalStream | None = None,

@@ -77,14 +77,17 @@ def test_the_fused_read_is_the_codes_with_the_same_normals(surrogate):
     g = torch.Generator().manual_seed(6)
     lo, hi = s.window_s
     tiles = s.prepare(lo + (hi - lo) * torch.rand(tr, tc, s.rows, s.cols, generator=g))
-    weights, offset = tiles.columns()                               # (tr, tc, M + 1, R)
-    stacked = torch.cat([weights[:, :, :-1].reshape(tr, tc * s.cols, -1),
-                         weights[:, 0, -1:]], dim=1)
-    offset = offset.reshape(tr, -1, 2)
+    stacked, offset = tiles.stacked_columns()              # (tr, tc M + 1, R), (tr, tc M, 2)
     x = torch.randint(0, 256, (tr, s.rows, n), generator=g).float()
     scale = torch.ones(tr, tc)
     stream = NormalStream(33)
-    ops = s.pair_operands(stacked, offset)
+    ops = s.pair_operands(tiles)
+    # the stacked operands in LSB, the rounding's half LSB in the offset: exactly
+    m = stacked.shape[1] - 1
+    assert torch.equal(ops.w, stacked[:, :m] * (1.0 / s.lsb_v))
+    assert torch.equal(ops.noise, stacked[:, m:])
+    assert torch.equal(ops.offset, offset[..., 0] * (1.0 / s.lsb_v) + 0.5)
+    assert torch.equal(ops.noise_scale, offset[..., 1])
     got = s.pair_sums_columns(x, ops, scale, generator=stream)
     rows = tc * s.cols // 2
     assert got.shape == (rows, n) and stream.position == tr * rows * n

@@ -561,6 +561,10 @@ def test_the_first_settling_component_is_the_lightest_loads(slow_table):
                                            atol=0, err_msg=f.name)
     assert s.prepare(light).rank == 1
     assert s.prepare(heavy).rank > 1
+    # without the bound: the rank asked for, and settling_rank still says what is needed
+    unbound = s.prepare(heavy, bound=False)
+    assert unbound.rank == 1 and s.settling_rank(unbound) == s.prepare(heavy).rank
+    assert s.prepare(light, rank=2, bound=False).rank == 2
     with pytest.raises(ConfigError, match="rank"):
         s.with_rank(s.prepare(light), 0)
 

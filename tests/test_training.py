@@ -143,6 +143,23 @@ def test_the_batched_read_is_the_tile_by_tile_read(table):
     assert int((err > 1e-3).sum()) <= 2 and torch.equal(tiles.analog(sparse)[1], torch.zeros(11))
 
 
+
+def test_the_unfused_conversion_reads_as_the_fused_one(table):
+    """Transition levels other than the ideal ones take the codes' conversion instead of the
+    fused one: the same reads but within rounding of a transition level."""
+    chip = _chip(table)
+    torch.manual_seed(4)
+    tiles = AnalogLinear(19, 11, chip=chip).tiles
+    x = torch.randn(40, 19)
+    fused = tiles.analog(x)
+    assert tiles._operands[0] == "pairs"
+    chip.reader._uniform_adc = False               # as a table with measured levels reads
+    tiles._forget_tiles()
+    unfused = tiles.analog(x)
+    assert tiles._operands[0] == "columns"
+    unit = chip.code_to_dot * float(tiles.w_max) * x.abs().amax(dim=1, keepdim=True)
+    assert int(((unfused - fused) / unit).abs().gt(1e-3).sum()) <= 2
+
 def _chunked(table, block: int, **kw) -> AnalogChip:
     chip = _chip(table, **kw)
     chip.noise = NormalStream(77)

@@ -315,7 +315,8 @@ class AnalogTiles(nn.Module):
             if only_changed:
                 sel = sel & (new_levels != self.target_level)
             self.weight.data = torch.where(sel_w, q, self.weight.data)
-            return ProgramPlan(self, sel, new_levels[sel])
+            where = sel.reshape(-1).nonzero().squeeze(1)
+            return ProgramPlan(self, sel, where, new_levels.reshape(-1).index_select(0, where))
 
     def program(self, w: torch.Tensor, *, pairs: torch.Tensor | None = None,
                 count: bool = True, only_changed: bool = True) -> WriteStats:
@@ -383,20 +384,18 @@ class AnalogTiles(nn.Module):
 
     def _read_operands(self) -> tuple[Any, ...]:
         """What a read needs, sliced to the rows and columns the layer uses: on the
-        shortcut, ``analog_columns``' weights with the tile columns stacked along the
-        outputs, (tr, tc M + 1, R), the offsets (tr, tc M, 2) and the fused conversion's
-        operands (``TileSurrogate.pair_operands``); for tiles that can leave
-        the TIA's linear range, the prepared tiles for ``TileSurrogate.analog``."""
+        shortcut, the fused conversion's operands (``TileSurrogate.pair_operands``), or,
+        where the conversion cannot be fused, ``analog_columns``' weights with the tile
+        columns stacked along the outputs, (tr, tc M + 1, R), and the offsets (tr, tc M, 2)
+        (``PreparedTiles.stacked_columns``); for tiles that can leave the TIA's linear
+        range, the prepared tiles for ``TileSurrogate.analog``."""
         if self._operands is None:
             tiles = self._tiles().sliced(self._rows_used, 2 * self._pairs_used)
-            if tiles.all_linear:
-                weights, offset = tiles.columns()                # (tr, tc, M + 1, R)
-                tr, tc, m1, r = weights.shape
-                stacked = torch.cat([weights[:, :, :-1].reshape(tr, tc * (m1 - 1), r),
-                                     weights[:, 0, -1:]], dim=1)
-                offset = offset.reshape(tr, -1, 2)
-                self._operands = ("columns", stacked, offset,
-                                  self.chip.reader.pair_operands(stacked, offset))
+            pair = self.chip.reader.pair_operands(tiles) if tiles.all_linear else None
+            if pair is not None:
+                self._operands = ("pairs", pair)
+            elif tiles.all_linear:
+                self._operands = ("columns", *tiles.stacked_columns())
             else:
                 self._operands = ("planes", tiles)
         return self._operands
@@ -422,9 +421,9 @@ class AnalogTiles(nn.Module):
         the shortcut (``TileSurrogate.pair_sums_columns``)."""
         ops = self._read_operands()
         scale = self.tile_scale.detach()
-        if ops[0] == "columns" and ops[3] is not None:
+        if ops[0] == "pairs":
             gen = self.chip.noise if self.chip.read_noise else None
-            return self.chip.reader.pair_sums_columns(q, ops[3], scale, generator=gen,
+            return self.chip.reader.pair_sums_columns(q, ops[1], scale, generator=gen,
                                                       check=False)
         diff = self._code_differences(q)                            # (tr, tc, P, n)
         if diff.shape[0] * diff.shape[1] == 1:
@@ -577,10 +576,12 @@ class _StraightThrough(torch.autograd.Function):
 
 @dataclass(frozen=True)
 class ProgramPlan:
-    """Devices of one layer to write: ``select`` (tile layout) and their target levels."""
+    """Devices of one layer to write: ``select`` (tile layout), the same as indices into
+    the flattened tile layout (``where``, in order) and their target levels."""
 
     layer: AnalogTiles
     select: torch.Tensor
+    where: torch.Tensor
     levels: torch.Tensor
 
 
@@ -598,9 +599,8 @@ def program_plans(plans: list[ProgramPlan], *, count: bool = True) -> list[Write
         spacing = (chip.g_hi - chip.g_lo) / (chip.levels - 1)
         parts = [plans[i] for i in idx]
         targets = torch.cat([chip.g_lo + p.levels.to(torch.float32) * spacing for p in parts])
-        kd = torch.cat([p.layer.kd[p.select] for p in parts])
-        wd = torch.cat([p.layer.wd[p.select] for p in parts])
-        state = torch.cat([p.layer.state[p.select] for p in parts])
+        kd, wd, state = (torch.cat([getattr(p.layer, name).view(-1).index_select(0, p.where)
+                                    for p in parts]) for name in ("kd", "wd", "state"))
         if chip.statistical is not None:
             res = chip.statistical.program(targets, Devices(kd=kd, wd=wd),
                                            generator=chip.generator)
@@ -614,12 +614,14 @@ def program_plans(plans: list[ProgramPlan], *, count: bool = True) -> list[Write
             part = slice(start, start + n)
             start += n
             layer = p.layer
-            layer.state[p.select] = res.state[part]
-            layer.target_level[p.select] = p.levels
+            layer.state.view(-1).index_copy_(0, p.where, res.state[part])
+            layer.target_level.view(-1).index_copy_(0, p.where,
+                                                    p.levels.to(layer.target_level.dtype))
             pulses = res.pulses[part].to(torch.int64)
             if count:
-                layer.write_count[p.select] += 1
-                layer.pulse_count[p.select] += pulses
+                layer.write_count.view(-1).index_add_(
+                    0, p.where, torch.ones_like(p.where, dtype=layer.write_count.dtype))
+                layer.pulse_count.view(-1).index_add_(0, p.where, pulses)
             stats[i] = WriteStats(n, int(pulses.sum()), int((~res.success[part]).sum()))
         _reprepare(chip, [p.layer for p in parts], [p.select for p in parts])
     return stats
@@ -636,11 +638,14 @@ def _reprepare(chip: AnalogChip, layers: list[AnalogTiles], selects: list[torch.
             continue
         tiles = select.flatten(2).any(-1)                                  # (tr, tc)
         which.append(tiles)
-        g.append(chip.programmer.read(layer.state[tiles], Devices(kd=layer.kd[tiles],
-                                                                    wd=layer.wd[tiles])))
+        # every device's conductance is one compiled pass; gathering the tiles' states and
+        # devices first would cost more where most tiles were written
+        conductance = layer.conductances()                           # (tr, tc, R, C)
+        g.append(conductance.flatten(0, 1) if bool(tiles.all()) else conductance[tiles])
     if not g:
         return
-    prepared = chip.reader.prepare(torch.cat(g), check=False)
+    # each layer takes the settling components its own tiles need (_update_tiles)
+    prepared = chip.reader.prepare(torch.cat(g), check=False, bound=False)
     start = 0
     for layer, tiles in zip(layers, which):
         if tiles is None:
