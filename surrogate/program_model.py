@@ -330,7 +330,6 @@ def _fill_bounds(values: np.ndarray, inside: np.ndarray, x: np.ndarray, *,
     return out
 
 
-
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _conductance(n, g0, gdx, last, g_cell, out):  # noqa: ANN001 - numba kernel
     """``ProgrammingModel._g``: each state's cell on the conductance nodes (the last one

@@ -409,8 +409,8 @@ class TileSurrogate:
         rho = math.exp(-t_bit / tau) if tau > 0 else 0.0
         self.tia_settling = {"alpha": alpha, "eps": s_rep / s_dc - alpha - rho * alpha,
                              "rho": rho}
-        # Each column's own settling: the plane weights on each calibrated load, and an
-        # orthonormal basis of them (largest components first) that the shortcut reads.
+        # Each column's own settling: the plane weights on each calibrated load, and the
+        # orthonormal basis of them that the shortcut reads (_settling_basis).
         load_a = np.stack([_settled_weights(bit_weight, f, r, t, t_bit)
                            for f, r, t in zip(rest_load, rep_load, tau_load)])
         basis = _settling_basis(load_a)
@@ -511,7 +511,7 @@ class TileSurrogate:
         offset = (-gain * self.v_offset_v * total_a * colsum
                   + self.u0_v * total_a + self.d_offset_v)
         plane_weights = a_cols.to(w.dtype)
-        coef = plane_weights.to(torch.float64) @ self._basis.T       # (..., M, bits)
+        coef = self._coefficients(plane_weights)                     # (..., M, bits)
         r = self._settling_rank(plane_weights, coef, peak, rank) if bound \
             else self._check_rank(1 if rank is None else rank)
         coef = coef.to(w.dtype)
@@ -528,8 +528,8 @@ class TileSurrogate:
         """The fewest settling components that read ``tiles`` within
         ``SETTLING_TOLERANCE_LSB`` (what :meth:`prepare` chooses by default)."""
         pw = tiles.plane_weights
-        coef = pw.to(torch.float64) @ self._basis.T
-        return self._settling_rank(pw, coef, self._peak(tiles.w.sum(-2)), None)
+        return self._settling_rank(pw, self._coefficients(pw), self._peak(tiles.w.sum(-2)),
+                                   None)
 
     def with_rank(self, tiles: PreparedTiles, rank: int) -> PreparedTiles:
         """``tiles`` read on ``rank`` settling components: what :meth:`prepare` gives with
@@ -539,9 +539,14 @@ class TileSurrogate:
         if rank == tiles.rank:
             return tiles
         w = tiles.w
-        coef = (tiles.plane_weights.to(torch.float64) @ self._basis.T).to(w.dtype)
+        coef = self._coefficients(tiles.plane_weights).to(w.dtype)
         base = (self.tia_gain_ohm * self.hw.drive.v_read_v) * w
         return dataclasses.replace(tiles, w_extra=self._extra_components(base, coef, rank))
+
+    def _coefficients(self, plane_weights: torch.Tensor) -> torch.Tensor:
+        """(..., M, bits) float64: each column's plane weights (..., M, bits) on the
+        settling components."""
+        return plane_weights.to(torch.float64) @ self._basis.T
 
     @staticmethod
     def _extra_components(base: torch.Tensor, coef: torch.Tensor, rank: int
