@@ -1,13 +1,13 @@
-"""The surrogate's write path: write-and-verify of a training step's few devices, and of a
-whole tile set from the floor, in the numpy pulse loop and in the torch one.
+"""The surrogate's write path: write-and-verify in the compiled pulse loop and in the torch
+one, for a training step's devices and for whole tiles from their floor.
 
-``ProgrammingModel.program`` runs its pulse loop in numpy for up to
-``program_model._HOST_DEVICES`` devices on the CPU and as torch operations otherwise; both
-give the same results bit for bit (``tests/test_program_model.py``). This measures what the
-choice buys: for N devices moved by up to three levels from where they stand (what a mixed
-training step asks; verify reads noise-free, as in training), seconds per call of each loop,
-called in turn (median of the rounds and the best), and the torch loop programming 64 x 64 x
-16 devices from their floor to random levels on one thread and on two.
+``ProgrammingModel.program`` runs its pulse loop compiled on the CPU (numba,
+``surrogate.program_model._pulse_loop``) and as torch operations on CUDA; the torch loop is
+also the compiled one's reference, the same results bit for bit
+(``tests/test_program_model.py``). This measures both on the CPU: for N devices moved by up
+to three levels from where they stand (what a mixed training step asks; verify reads
+noise-free, as in training), seconds per call of each loop, called in turn (median of the
+rounds and the best), and 64 x 64 x 16 devices programmed from their floor to random levels.
 
 Usage: ``python benchmarks/bench_program.py [--table PATH] [--json]`` (without
 ``--table``: the chip preset's calibration, from the cache, built first if missing).
@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -28,9 +28,21 @@ from calibration.store import Table, open_table
 from surrogate import program_model
 from surrogate.program_model import ProgrammingModel
 
-COUNTS = (50, 150, 1000, 2000)
+COUNTS = (50, 1000, 20_000, 1_000_000)
 STEP_LEVELS = 3          # a training step moves a device by at most a few levels
 WHOLE = (64, 64, 16)     # 16 tiles of 64x64 devices, programmed from their floor
+LOOPS = ("compiled", "torch")
+
+
+def _loop(name: str, call: Callable[[], Any]) -> Callable[[], Any]:
+    """``call`` with the pulse loop ``name``."""
+    def run() -> Any:
+        saved, program_model._COMPILED = program_model._COMPILED, name == "compiled"
+        try:
+            return call()
+        finally:
+            program_model._COMPILED = saved
+    return run
 
 
 def _few(model: ProgrammingModel, count: int, seed: int) -> dict[str, Any]:
@@ -48,39 +60,33 @@ def _few(model: ProgrammingModel, count: int, seed: int) -> dict[str, Any]:
         return model.program(targets, devices, state=start, read_noise=False,
                              generator=torch.Generator().manual_seed(seed + 1))
 
-    def with_torch_loop() -> Any:
-        saved, program_model._HOST_DEVICES = program_model._HOST_DEVICES, 0
-        try:
-            return call()
-        finally:
-            program_model._HOST_DEVICES = saved
-
     first = call()
     steps = int((first.floor_pulses + first.set_pulses + first.reset_pulses).max())
-    timing = interleaved({"numpy": call, "torch": with_torch_loop}, reference="numpy",
-                         repeat=9)
+    timing = interleaved({name: _loop(name, call) for name in LOOPS}, reference="compiled",
+                         repeat=9 if count <= 20_000 else 3)
     return {"devices": count, "pulse_steps_of_the_slowest": steps,
-            "numpy_ms": 1e3 * timing["numpy"]["seconds"],
-            "torch_ms": 1e3 * timing["torch"]["seconds"],
-            "numpy_best_ms": 1e3 * timing["numpy"]["best_seconds"],
-            "torch_best_ms": 1e3 * timing["torch"]["best_seconds"]}
+            "mean_pulses": float(first.pulses.float().mean()),
+            **{f"{name}_ms": 1e3 * timing[name]["seconds"] for name in LOOPS},
+            **{f"{name}_best_ms": 1e3 * timing[name]["best_seconds"] for name in LOOPS}}
 
 
-def _whole(model: ProgrammingModel, threads: int, seed: int) -> dict[str, Any]:
-    """The torch loop programming WHOLE devices from their floor to random levels."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        gen = torch.Generator().manual_seed(seed)
-        devices = model.draw_devices(WHOLE, generator=gen)
-        targets = model.level_conductances()[torch.randint(0, model.levels, WHOLE,
-                                                           generator=gen)]
+def _whole(model: ProgrammingModel, seed: int) -> dict[str, Any]:
+    """Each loop programming WHOLE devices from their floor to random levels."""
+    gen = torch.Generator().manual_seed(seed)
+    devices = model.draw_devices(WHOLE, generator=gen)
+    targets = model.level_conductances()[torch.randint(0, model.levels, WHOLE,
+                                                       generator=gen)]
+
+    def call() -> Any:
+        return model.program(targets, devices, read_noise=False,
+                             generator=torch.Generator().manual_seed(seed + 1))
+
+    result = {}
+    for name in LOOPS:
         started = time.perf_counter()
-        model.program(targets, devices, read_noise=False,
-                      generator=torch.Generator().manual_seed(seed + 1))
-        return {"threads": threads, "seconds": time.perf_counter() - started}
-    finally:
-        torch.set_num_threads(before)
+        _loop(name, call)()
+        result[f"{name}_seconds"] = time.perf_counter() - started
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,21 +95,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args(argv)
     table: Table = open_table(args.table) if args.table else _default_table()
-    torch.set_num_threads(1)
     model = ProgrammingModel.from_table(table)
+    _few(model, 300, seed=0)                     # compile (or load) the kernels first
     few = [_few(model, count, seed=count) for count in COUNTS]
-    whole = [_whole(model, threads, seed=7) for threads in (1, 2)]
-    result = {"table": str(table.path), "few_devices": few, "whole_tiles": whole}
+    whole = _whole(model, seed=7)
+    result = {"table": str(table.path), "threads": torch.get_num_threads(),
+              "few_devices": few, "whole_tiles": whole}
     if args.json:
         print(json.dumps(result))
         return 0
-    print("devices  steps  numpy ms  torch ms  (best: numpy / torch)")
+    print("devices  steps  pulses  compiled ms  torch ms  (best: compiled / torch)")
     for r in few:
-        print(f"{r['devices']:7d}  {r['pulse_steps_of_the_slowest']:5d}  {r['numpy_ms']:8.1f}"
-              f"  {r['torch_ms']:8.1f}  ({r['numpy_best_ms']:.1f} / {r['torch_best_ms']:.1f})")
-    for r in whole:
-        print(f"{WHOLE[0]}x{WHOLE[1]}x{WHOLE[2]} from the floor, torch loop, "
-              f"{r['threads']} thread(s): {r['seconds']:.2f} s")
+        print(f"{r['devices']:7d}  {r['pulse_steps_of_the_slowest']:5d}  "
+              f"{r['mean_pulses']:6.1f}  {r['compiled_ms']:11.1f}  {r['torch_ms']:8.1f}  "
+              f"({r['compiled_best_ms']:.1f} / {r['torch_best_ms']:.1f})")
+    print(f"{WHOLE[0]}x{WHOLE[1]}x{WHOLE[2]} from the floor: compiled "
+          f"{whole['compiled_seconds']:.2f} s, torch {whole['torch_seconds']:.2f} s")
     return 0
 
 

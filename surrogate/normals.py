@@ -39,9 +39,8 @@ import math
 import numba
 import numpy as np
 import torch
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic
+
+from surrogate.series import bits_of, float_of, horner, series
 
 __all__ = ["GAMMA", "key_for", "normals", "normals_torch", "uniform_pair_normals"]
 
@@ -78,28 +77,6 @@ def key_for(seed: int, stream: int = 0) -> int:
 
 # -- the compiled kernels (numba) -------------------------------------------------------------
 
-@intrinsic
-def _bits_of(typingctx, x):  # noqa: ANN001 - numba's intrinsic signature
-    """The bits of a float64 as a uint64 (no conversion)."""
-    sig = types.uint64(types.float64)
-
-    def codegen(context, builder, signature, args):  # noqa: ANN001
-        return builder.bitcast(args[0], ir.IntType(64))
-
-    return sig, codegen
-
-
-@intrinsic
-def _float_of(typingctx, x):  # noqa: ANN001
-    """The float64 whose bits are the uint64 ``x``."""
-    sig = types.float64(types.uint64)
-
-    def codegen(context, builder, signature, args):  # noqa: ANN001
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return sig, codegen
-
-
 _U = np.uint64
 _G, _M1, _M2 = _U(GAMMA), _U(_MIX1), _U(_MIX2)
 _LO32 = _U(0xFFFFFFFF)
@@ -115,39 +92,27 @@ def mix(z):  # noqa: ANN001, ANN201 - numba kernel
     return z ^ (z >> _U(31))
 
 
-def _horner(terms, x):  # noqa: ANN001, ANN201 - floats, arrays or tensors
-    """``sum_k terms[k] x^k`` by Horner's rule; the kernels' and the torch path's one
-    source (compiled as ``_series``, the constant tuple unrolled)."""
-    p = terms[-1]
-    for k in range(len(terms) - 2, -1, -1):
-        p = p * x + terms[k]
-    return p
-
-
-_series = numba.njit(inline="always", cache=True, error_model="numpy")(_horner)
-
-
 @numba.njit(inline="always", cache=True, error_model="numpy")
 def uniform_pair_normals(h):  # noqa: ANN001, ANN201
     """The two standard normals (float64) of 64 random bits ``h`` (module docstring)."""
     lo = h & _LO32
     hi = h >> _U(32)
     # -ln u with u = (2 lo + 1) / 2^33: ln of the odd integer from its exponent and mantissa
-    bits = _bits_of(np.float64(_U(2) * lo + _U(1)))
+    bits = bits_of(np.float64(_U(2) * lo + _U(1)))
     e = np.float64(np.int64(bits >> _U(52)) - 1023)
-    m = _float_of((bits & _MANT) | _ONE_EXP)                    # in [1, 2)
+    m = float_of((bits & _MANT) | _ONE_EXP)                    # in [1, 2)
     big = m > 1.4142135623730951
     m = m * 0.5 if big else m
     e = e + 1.0 if big else e
     s = (m - 1.0) / (m + 1.0)
-    p = _series(_LN_TERMS, s * s)
+    p = series(_LN_TERMS, s * s)
     r = math.sqrt(2.0 * ((33.0 - e) * _LN2 - 2.0 * s * p))
     # the angle: quadrant from the top two bits, the rest uniform on [-pi/4, pi/4)
     q = hi >> _U(30)
     x = (np.float64(hi & _U((1 << 30) - 1)) + 0.5) * (_QUARTER_PI / (1 << 29)) - _QUARTER_PI
     x2 = x * x
-    sn = _series(_SIN_TERMS, x2) * x
-    cs = _series(_COS_TERMS, x2)
+    sn = series(_SIN_TERMS, x2) * x
+    cs = series(_COS_TERMS, x2)
     # rotate by pi/4, then by the quadrant
     c = (cs - sn) * _SQRT_HALF
     sv = (sn + cs) * _SQRT_HALF
@@ -210,14 +175,14 @@ def normals_torch(key: int, counters: torch.Tensor) -> torch.Tensor:
     m = torch.where(big, m * 0.5, m)
     e = torch.where(big, e + 1.0, e)
     s = (m - 1.0) / (m + 1.0)
-    p = _horner(_LN_TERMS, s * s)
+    p = horner(_LN_TERMS, s * s)
     r = torch.sqrt(2.0 * ((33.0 - e) * _LN2 - 2.0 * s * p))
     q = _shr(hi, 30)
     x = ((hi & ((1 << 30) - 1)).to(torch.float64) + 0.5) * (_QUARTER_PI / (1 << 29)) \
         - _QUARTER_PI
     x2 = x * x
-    sn = _horner(_SIN_TERMS, x2) * x
-    cs = _horner(_COS_TERMS, x2)
+    sn = horner(_SIN_TERMS, x2) * x
+    cs = horner(_COS_TERMS, x2)
     c = (cs - sn) * _SQRT_HALF
     sv = (sn + cs) * _SQRT_HALF
     odd = (q & 1) != 0

@@ -122,17 +122,20 @@ without noise).
 
 Speed
 -----
-A pulse step costs some 50 small array operations however many devices it moves (the
-controller is a table lookup, and without read noise a verify read is judged on the state
-against precomputed thresholds, the conductance read once at the end: see
-``ProgrammingModel._run``); at the sizes of a training step that overhead, not the
-arithmetic, is the cost. Up to ``_HOST_DEVICES`` (4,096) devices on the CPU the loop runs
-in numpy (``_run_host``), whose operations cost less than torch's on arrays of this size;
-more devices, or CUDA, run it as torch operations (what each costs:
-``benchmarks/bench_program.py``, figures in ``benchmarks/README.md``). Both loops' results
-are the step-by-step loop's bit for bit, on the CPU and on CUDA: the same draws in
-the same order, the same arithmetic (numpy's exponential differs from torch's in the last
-bit, so the numpy loop takes it from torch).
+Each device's draws are its own: pulse ``k`` of device ``i`` takes the two counter-based
+normals (:mod:`surrogate.normals`) of counter ``i * stride + k`` under a key drawn from
+the generator, one for its ``kc`` and one for the verify read after it. So on the CPU the
+pulse loop runs device by device in one compiled pass (``_pulse_loop``, numba, on all
+cores; on one core for fewer than ``_PARALLEL_DEVICES``), where a pulse costs its
+arithmetic. On CUDA, and as the compiled pass's reference, it runs as torch operations
+over the working set, where a pulse step costs some 50 small tensor operations however
+many devices it moves (the controller is a table lookup, and without read noise a verify
+read is judged on the state against precomputed thresholds, the conductance read once at
+the end: see ``ProgrammingModel._run``). Both give the step-by-step controller's results
+bit for bit: the same draws, the same arithmetic in the same order, and the exponential
+evaluated by the same series in both (:mod:`surrogate.series`: a library's ``exp``
+differs from torch's in the last bit). What each costs: ``benchmarks/bench_program.py``,
+figures in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -145,12 +148,16 @@ from typing import Any
 import numba
 import numpy as np
 import torch
+from numba import types
+from numba.extending import overload
 from scipy.interpolate import CubicSpline, PchipInterpolator
 
 from circuitsim.write_policy import Outcome, Phase, Ramp, WritePolicy
 from netlists.config import HardwareConfig, SurrogateConfig
 from netlists.device_model import device_model
 from netlists.errors import ConfigError, TableError
+from surrogate.normals import _G, _MASK64, _U, key_for, mix, normals_torch, uniform_pair_normals
+from surrogate.series import exp64, exp_torch
 
 __all__ = ["Devices", "ProgramResult", "ProgrammingModel"]
 
@@ -185,9 +192,14 @@ _HISTORY = 1 << 18
 _CONTROLLERS_KEPT = 8
 #: Most ulps by which _state_at corrects the inverse of the read interpolation.
 _ULP_STEPS = 256
-#: Most devices whose pulse loop runs in numpy (on the CPU); more run as torch operations,
-#: which cost more per call but less per device.
-_HOST_DEVICES = 4096
+#: Whether the pulse loop runs compiled on the CPU (the torch loop is its reference).
+_COMPILED = True
+#: Fewest devices whose compiled pulse loop, and states whose compiled read, run on all
+#: cores (fewer: on one, which costs less than waking the threads).
+_PARALLEL_DEVICES = 256
+_PARALLEL_STATES = 16384
+#: Stream number of write-and-verify's draws under their key (surrogate.normals.key_for).
+_PROGRAM_STREAM = 0x5752495445          # "WRITE"
 
 
 @dataclass(frozen=True)
@@ -330,18 +342,31 @@ def _fill_bounds(values: np.ndarray, inside: np.ndarray, x: np.ndarray, *,
     return out
 
 
+@numba.njit(inline="always", cache=True, error_model="numpy")
+def _conductance_at(k, n, g0, gdx, last, g_cell, out):  # noqa: ANN001 - numba kernel
+    """``ProgrammingModel._g`` of state ``n[k]``: its cell on the conductance nodes (the
+    last one ``last``) and its linear interpolation, in the dtype of ``n`` (``g0``, ``gdx``
+    and ``last`` in it too) and in the torch path's order of operations."""
+    zero = last - last
+    x = (n[k] - g0) / gdx
+    i = np.floor(x)
+    i = zero if i < zero else (last if i > last else i)
+    j = int(i)
+    out[k] = (x - i) * g_cell[j, 1] + g_cell[j, 0]
+
+
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _conductance(n, g0, gdx, last, g_cell, out):  # noqa: ANN001 - numba kernel
-    """``ProgrammingModel._g``: each state's cell on the conductance nodes (the last one
-    ``last``) and its linear interpolation, in the dtype of ``n`` (``g0``, ``gdx`` and
-    ``last`` in it too) and in the torch path's order of operations."""
-    zero = last - last
+    """``_conductance_at`` of every state, on all cores."""
     for k in numba.prange(n.size):
-        x = (n[k] - g0) / gdx
-        i = np.floor(x)
-        i = zero if i < zero else (last if i > last else i)
-        j = int(i)
-        out[k] = (x - i) * g_cell[j, 1] + g_cell[j, 0]
+        _conductance_at(k, n, g0, gdx, last, g_cell, out)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _conductance_serial(n, g0, gdx, last, g_cell, out):  # noqa: ANN001 - numba kernel
+    """``_conductance_at`` of every state, on one core."""
+    for k in range(n.size):
+        _conductance_at(k, n, g0, gdx, last, g_cell, out)
 
 
 class ProgrammingModel:
@@ -613,13 +638,15 @@ class ProgrammingModel:
 
     def pulse(self, state: torch.Tensor, devices: Devices, *, polarity: int | torch.Tensor,
               amplitude_v: float | torch.Tensor,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None,
+              kc_normals: torch.Tensor | None = None) -> torch.Tensor:
         """The state after ONE write pulse, no verify: ``polarity`` +1 SET (gate
         ``drive.v_gate_set_v``) or -1 RESET (gate ``drive.v_gate_reset_v``), of
         ``drive.t_write_s``, at ``amplitude_v`` (V, within the table's amplitude axis);
         each a number or a tensor broadcastable to ``state``. With a generator each device
-        draws its ``kc``; without, ``kc = 1``. ``state`` is clipped into each device's window
-        first."""
+        draws its ``kc = exp(c2c_sigma z)``; ``kc_normals`` gives the ``z`` instead (the
+        state's shape); with neither, ``kc = 1``. ``state`` is clipped into each device's
+        window first."""
         state = torch.as_tensor(state)
         if state.shape != devices.shape:
             raise ConfigError(f"state has shape {tuple(state.shape)} but devices have "
@@ -640,7 +667,15 @@ class ProgrammingModel:
         wd = devices.wd.to(device=device, dtype=self.dtype)
         n = torch.minimum(torch.maximum(state.to(self.dtype), d.n_min * wd), d.n_max * wd)
         ln_k = torch.log(devices.kd.to(device=device, dtype=self.dtype))
-        if generator is not None:
+        if generator is not None and kc_normals is not None:
+            raise ConfigError("give a generator or kc_normals, not both")
+        if kc_normals is not None:
+            z = torch.as_tensor(kc_normals)
+            if z.shape != shape:
+                raise ConfigError(f"kc_normals has shape {tuple(z.shape)} but state has "
+                                  f"{tuple(shape)}")
+            ln_k = ln_k + d.c2c_sigma * z.to(device=device, dtype=self.dtype)
+        elif generator is not None:
             ln_k = ln_k + d.c2c_sigma * self._randn(shape, generator, device, self.dtype)
         flat = [x.expand(shape).reshape(-1) for x in (n, wd, ln_k, amp, pol)]
         n, wd, ln_k, amp, pol = flat
@@ -739,8 +774,9 @@ class ProgrammingModel:
         if n.device.type == "cpu" and n.dtype == self.dtype and n.dim() == 1:
             out = torch.empty_like(n)
             kind = n.numpy().dtype.type
-            _conductance(n.contiguous().numpy(), kind(self._g0), kind(self._gdx),
-                         kind(self._g_cells - 1), t["g_cell"].numpy(), out.numpy())
+            kernel = _conductance if n.numel() >= _PARALLEL_STATES else _conductance_serial
+            kernel(n.contiguous().numpy(), kind(self._g0), kind(self._gdx),
+                   kind(self._g_cells - 1), t["g_cell"].numpy(), out.numpy())
             return out
         return self._g_torch(t, n)
 
@@ -802,7 +838,7 @@ class ProgrammingModel:
         fs = fs.unsqueeze(-1)
         # c01 + fa (c23 + fs c67) + fs c45, then exp(D + B ln k)
         db = (fs * c[:, 6:8]).add_(c[:, 2:4]).mul_(fa).add_(c[:, 0:2]).add_(fs * c[:, 4:6])
-        rate = (db[:, 1] * ln_k).add_(db[:, 0]).exp_()
+        rate = exp_torch((db[:, 1] * ln_k).add_(db[:, 0])).to(u.dtype)
         return rate.mul_(self._window(t, is_set, u))
 
     def _controller(self, device: torch.device, policy: WritePolicy) -> _Controller:
@@ -910,26 +946,34 @@ class ProgrammingModel:
         """The pulse loop of :meth:`program`: the final state and verify read of every
         device and its counters (floor, SET, RESET pulses, rounds) as an int32 [4, count].
 
-        A step costs some 50 small tensor operations whatever the number of devices, so
-        the loop keeps them few: the controller is a table lookup (:class:`_Controller`)
-        whose rows are counted only every so often; a device that is done stays in the
-        working set as a pulse of sign 0 until at most half of the set is active; the
-        scalars are tensors; and without read noise a verify read is judged on the state,
-        against the lowest state at which the read reaches each threshold
-        (:meth:`_state_at`), and read once at the end. The results are those of the
-        step-by-step controller (same draws, same arithmetic, same decisions), bit for
-        bit."""
+        The draws are counter-based (:mod:`surrogate.normals`, the key drawn from
+        ``generator``): pulse ``k`` (from 1) of device ``i`` takes the two normals of counter
+        ``i * stride + k``, the first for its ``kc``, the second for the verify read after
+        it; counter ``i * stride`` gives the first verify read's. So a device's pulses do
+        not depend on the others', and on the CPU the loop runs device by device in one
+        compiled pass (``_pulse_loop``) that gives the torch loop's results bit for bit.
+
+        The torch loop (CUDA, and the reference) costs some 50 small tensor operations a
+        step whatever the number of devices, so it keeps them few: the controller is a
+        table lookup (:class:`_Controller`) whose rows are counted only every so often; a
+        device that is done stays in the working set as a pulse of sign 0 until at most
+        half of the set is active; the scalars are tensors. Both loops judge a verify read
+        without noise on the state, against the lowest state at which the read reaches
+        each threshold (:meth:`_state_at`), and read it once at the end. The results are
+        those of the step-by-step controller (same draws, same arithmetic, same
+        decisions), bit for bit."""
         device, dtype = tgt.device, self.dtype
         count = tgt.numel()
         noisy = read_noise and self.read_noise_s > 0
-        local = generator.device == device
+        key = _stream_key(generator)
+        stride = ctl.limit + 2
 
-        def randn(size: int) -> torch.Tensor:
-            z = torch.randn(size, generator=generator, device=generator.device, dtype=dtype)
-            return z if local else z.to(device)
+        def draws(pos: torch.Tensor, pulse: int) -> tuple[torch.Tensor, torch.Tensor]:
+            z = normals_torch(key, pos * stride + pulse).to(dtype)
+            return z[0], z[1]
 
-        def verify(n: torch.Tensor) -> torch.Tensor:
-            return self._g(t, n) + t["noise"] * randn(n.numel())
+        def verify(n: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            return self._g(t, n) + t["noise"] * z
 
         def decide() -> torch.Tensor:
             """Each device's row in the controller's tables; the devices move on."""
@@ -952,18 +996,18 @@ class ProgrammingModel:
         tol = ctl.tolerance
         levels = torch.stack([tgt - tol, torch.nextafter(tgt + tol, t["inf"]),
                               torch.nextafter(ctl.floor, t["inf"]).expand(count)], dim=1)
+        pos = torch.arange(count, device=device)
         if noisy:
-            bounds, read = levels, verify(n)
+            bounds, read = levels, verify(n, draws(pos, 0)[1])
         else:
             bounds = self._state_at(t, levels.reshape(-1), n_lo.repeat_interleave(3),
                                     n_hi.repeat_interleave(3)).view(count, 3)
             read = n
         order = (bounds[:, 0] <= bounds[:, 2]).long() + (bounds[:, 1] <= bounds[:, 2]).long()
         bounds = bounds.sort(dim=1, stable=True).values
-        if device.type == "cpu" and local and count <= _HOST_DEVICES:
-            return self._run_host(t, ctl, fixed, bounds, order, n, read, generator,
-                                  noisy=noisy)
-        pos = torch.arange(count, device=device)
+        if device.type == "cpu" and self._compiled:
+            return self._run_compiled(t, ctl, key, fixed, bounds, order, n, read,
+                                      noisy=noisy)
         counts = torch.zeros(count, dtype=torch.int64, device=device)  # packed
         rows: list[torch.Tensor] = []
         code = ctl.start + 4 * order
@@ -973,7 +1017,7 @@ class ProgrammingModel:
         index = torch.empty(count, dtype=torch.int64, device=device)
         done = torch.tensor(ctl.done, device=device)
         n_lo, n_hi, wd, ln_kd = fixed.unbind(0)
-        for _ in range(ctl.limit + 1):
+        for step in range(1, stride):
             active = code < done
             n_active = int(torch.count_nonzero(active))
             if n_active == 0:
@@ -993,7 +1037,8 @@ class ProgrammingModel:
                 n_lo, n_hi, wd, ln_kd = fixed.unbind(0)
                 index = torch.empty_like(code)
             # one pulse: a device that is done has sign 0 and stays where it is
-            ln_k = randn(code.numel()).mul_(t["c2c"]).add_(ln_kd)
+            z_kc, z_read = draws(pos, step)
+            ln_k = z_kc.mul_(t["c2c"]).add_(ln_kd)
             pulse = ctl.pulse.index_select(0, code)
             u = n / wd
             js, fs = self._cell(t, u)
@@ -1002,7 +1047,7 @@ class ProgrammingModel:
             # n + mag * sign, exactly: the product is exact (sign is +-1 or 0)
             n.addcmul_(mag, pulse[:, 2]).clamp_(n_lo, n_hi)
             # the verify read (of a device that is done: the read it had)
-            read = torch.where(active, verify(n), read) if noisy else n
+            read = torch.where(active, verify(n, z_read), read) if noisy else n
             code = decide()
         else:  # the caps bound every device's pulses by `limit`: this is never reached
             raise RuntimeError("write-and-verify did not finish within its pulse caps")
@@ -1011,106 +1056,157 @@ class ProgrammingModel:
         g = out_read if noisy else self._g(t, out_n)
         return out_n, g, ctl.unpack(out_counts)
 
-    def _run_host(self, t: dict[str, torch.Tensor], ctl: _Controller, fixed: torch.Tensor,
-                  bounds: torch.Tensor, order: torch.Tensor, n: torch.Tensor,
-                  read: torch.Tensor, generator: torch.Generator, *, noisy: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`_run`'s pulse loop in numpy, for few devices on the CPU.
-
-        A training step writes some tens of devices, for which a torch operation costs
-        several times its arithmetic; a numpy one costs a third of that. Same loop, same
-        draws (the generator's, in the same order), same arithmetic in the same order
-        (the exponential through torch's own kernel): the same results bit for bit, which
-        the tests check against the step-by-step controller."""
-        dtype = np.dtype(str(self.dtype).removeprefix("torch."))
-        num = {k: t[k].numpy() for k in ("s0", "s_scale", "inv_n_max", "n_min", "one", "c2c",
-                                         "noise")}
-        coef, g_cell = np.ascontiguousarray(t["coef"].numpy().T), t["g_cell"].numpy()
-        states = t["states"].numpy()
-        base_tab, fa_tab, sign_tab, set_tab = (np.ascontiguousarray(c)
-                                               for c in ctl.pulse.numpy().T)
-        following = ctl.following.numpy()
-        counts_tab = ctl.counts.numpy()
+    @property
+    def _compiled(self) -> bool:
+        """Whether the compiled loop serves this model on the CPU: its window factors'
+        exponents are 1 or 2 (a product; any other power would be a library call) and
+        ``_COMPILED`` is set."""
         d = self.hw.device
-        g0, gdx = dtype.type(self._g0), dtype.type(self._gdx)
-        zero = np.zeros((), dtype=dtype)
+        return _COMPILED and d.p_window_set in (1, 2) and d.p_window_reset in (1, 2)
 
-        def randn(size: int) -> np.ndarray:
-            return torch.randn(size, generator=generator, dtype=self.dtype).numpy()
-
-        def conductance(m: np.ndarray) -> np.ndarray:                     # _g
-            x = (m - g0) / gdx
-            i = np.minimum(np.maximum(np.floor(x), 0), self._g_cells - 1)
-            node = g_cell[i.astype(np.intp)]
-            return (x - i) * node[:, 1] + node[:, 0]
-
-        def cell(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:          # _cell
-            if self._state_uniform:
-                y = (u - num["s0"]) * num["s_scale"]
-                js = np.minimum(np.maximum(np.floor(y), 0), self._ns - 2)
-                return js, np.minimum(np.maximum(y - js, 0), 1)
-            k = np.minimum(np.maximum(np.searchsorted(states, u, side="right") - 1, 0),
-                           self._ns - 2)
-            fs = np.minimum(np.maximum((u - states[k]) / (states[k + 1] - states[k]), 0), 1)
-            return k.astype(dtype), fs
-
-        def power(x: np.ndarray, p: float) -> np.ndarray:
-            return x * x if p == 2 else x if p == 1 else torch.from_numpy(x).pow_(p).numpy()
-
-        def magnitude(row: np.ndarray, fa: np.ndarray, fs: np.ndarray, is_set: np.ndarray,
-                      u: np.ndarray, ln_k: np.ndarray) -> np.ndarray:  # _magnitude, _window
-            c = coef.take(row, axis=1)                     # (8, n): rows contiguous
-            db = ((fs * c[6:8] + c[2:4]) * fa + c[0:2]) + fs * c[4:6]          # (2, n)
-            rate = torch.from_numpy(db[1] * ln_k + db[0]).exp_().numpy()
-            for_set = power(u * num["inv_n_max"], d.p_window_set)
-            for_reset = power(np.reciprocal(u) * num["n_min"], d.p_window_reset)
-            w = num["one"] - np.where(is_set != 0, for_set, for_reset)
-            return rate * np.maximum(w, zero)
-
-        count = n.numel()
-        n_lo, n_hi, wd, ln_kd = (v.numpy() for v in fixed.unbind(0))
-        n = n.numpy().copy()
-        read = read.numpy().copy() if noisy else n
-        bounds = np.ascontiguousarray(bounds.numpy().T)                   # (3, n)
-        code = ctl.start + 4 * order.numpy()
-        counts = np.zeros(count, dtype=np.int64)                        # packed
-
-        def decide() -> np.ndarray:
-            row = code + (bounds <= read).sum(0)
-            np.add(counts, counts_tab[row], out=counts)
-            return following[row]
-
-        code = decide()
-        pos = np.arange(count)
-        out_n, out_read = np.empty_like(n), np.empty_like(n)
-        out_counts = np.empty_like(counts)
-        for _ in range(ctl.limit + 1):
-            active = code < ctl.done
-            n_active = int(np.count_nonzero(active))
-            if n_active == 0:
-                break
-            if 2 * n_active <= active.size:
-                gone = ~active
-                at = pos[gone]
-                out_n[at], out_read[at], out_counts[at] = n[gone], read[gone], counts[gone]
-                pos, n, read, code, counts = (v[active] for v in (pos, n, read, code, counts))
-                bounds = bounds[:, active]
-                n_lo, n_hi, wd, ln_kd = (v[active] for v in (n_lo, n_hi, wd, ln_kd))
-                active = active[active]
-            ln_k = randn(code.size) * num["c2c"] + ln_kd
-            u = n / wd
-            js, fs = cell(u)
-            row = (base_tab[code] + js).astype(np.int64)
-            mag = magnitude(row, fa_tab[code], fs, set_tab[code], u, ln_k)
-            n = np.minimum(np.maximum(n + mag * sign_tab[code], n_lo), n_hi)
-            if noisy:
-                read = np.where(active, conductance(n) + num["noise"] * randn(n.size), read)
-            else:
-                read = n
-            code = decide()
-        else:  # the caps bound every device's pulses by `limit`: this is never reached
+    def _run_compiled(self, t: dict[str, torch.Tensor], ctl: _Controller, key: int,
+                      fixed: torch.Tensor, bounds: torch.Tensor, order: torch.Tensor,
+                      n: torch.Tensor, read: torch.Tensor, *, noisy: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_run`'s pulse loop compiled (``_pulse_loop``), on the CPU's cores."""
+        d = self.hw.device
+        scalars = torch.stack([t[k] for k in ("s0", "s_scale", "inv_n_max", "n_min", "one",
+                                              "c2c", "noise")]
+                              + [torch.tensor(v, dtype=self.dtype)
+                                 for v in (self._g0, self._gdx, self._g_cells - 1)])
+        ints = np.array([self._ns, ctl.done, ctl.limit + 2, int(self._state_uniform),
+                         int(noisy), int(d.p_window_set), int(d.p_window_reset)],
+                        dtype=np.int64)
+        state = n.contiguous().clone()
+        read = state.clone() if not noisy else read.contiguous().clone()
+        counts = torch.empty(state.numel(), dtype=torch.int64)
+        failed = np.zeros(1, dtype=np.int64)
+        kernel = _pulse_loop if n.numel() >= _PARALLEL_DEVICES else _pulse_loop_serial
+        kernel(_U(key & _MASK64), state.numpy(), read.numpy(), counts.numpy(),
+               fixed.contiguous().numpy(), bounds.contiguous().numpy(),
+               (ctl.start + 4 * order).contiguous().numpy(), ctl.pulse.contiguous().numpy(),
+               ctl.following.numpy(), ctl.counts.numpy(), t["coef"].contiguous().numpy(),
+               t["g_cell"].contiguous().numpy(), t["states"].contiguous().numpy(),
+               scalars.numpy(), ints, failed)
+        if failed[0]:  # the caps bound every device's pulses by `limit`: never reached
             raise RuntimeError("write-and-verify did not finish within its pulse caps")
-        out_n[pos], out_read[pos], out_counts[pos] = n, read, counts
-        state = torch.from_numpy(out_n)
-        g = torch.from_numpy(out_read) if noisy else self._g(t, state)
-        return state, g, ctl.unpack(torch.from_numpy(out_counts))
+        g = read if noisy else self._g(t, state)
+        return state, g, ctl.unpack(counts)
+
+
+def _stream_key(generator: torch.Generator) -> int:
+    """The key of a write-and-verify call's counter-based draws, drawn from ``generator``
+    (so a seeded generator repeats a call, and successive calls differ)."""
+    seed = torch.randint(0, 1 << 62, (), generator=generator, device=generator.device)
+    return key_for(int(seed), _PROGRAM_STREAM)
+
+
+def _as_dtype_of(x, like):  # noqa: ANN001, ANN202 - compiled only (overload below)
+    raise NotImplementedError("compiled only")
+
+
+@overload(_as_dtype_of, inline="always")
+def _as_dtype_of_impl(x, like):  # noqa: ANN001, ANN202
+    """``x`` rounded to the float type of ``like``."""
+    if like == types.float32:
+        return lambda x, like: np.float32(x)
+    return lambda x, like: np.float64(x)
+
+
+@numba.njit(inline="always", cache=True, error_model="numpy")
+def _pulse_device(i, key, n, read, counts, fixed, bounds, code0, pulse, following,  # noqa: ANN001, ANN202, E501
+                  counts_tab, coef, g_cell, states, scalars, ints, failed):
+    """``ProgrammingModel._run``'s torch loop for device ``i``, in its dtype and its order
+    of operations: from its first verify decision until it is done.
+
+    In and out: ``n`` (states), ``read`` (verify reads: without noise, the states),
+    ``counts`` (packed counters, out only). Per device: ``fixed`` rows (n_lo, n_hi, wd,
+    ln kd), ``bounds`` (its three sorted thresholds), ``code0`` (its code before the first
+    decision). Controller: ``pulse``, ``following``, ``counts_tab`` (:class:`_Controller`).
+    Tables: ``coef``, ``g_cell``, ``states``. ``scalars``: s0, s_scale, inv_n_max, n_min,
+    one, c2c, noise, g0, gdx, the last conductance cell, in the dtype. ``ints``: state
+    nodes, DONE, the counter stride, a uniform state axis, noisy verify reads, the window
+    factors' exponents. ``failed[0]`` is set when the device is not done within the
+    stride."""
+    s0, s_scale, inv_n_max, n_min, one, c2c, noise, g0, gdx, g_last = (
+        scalars[0], scalars[1], scalars[2], scalars[3], scalars[4], scalars[5], scalars[6],
+        scalars[7], scalars[8], scalars[9])
+    ns, done, stride, uniform, noisy, p_set, p_reset = (
+        ints[0], ints[1], ints[2], ints[3] != 0, ints[4] != 0, ints[5], ints[6])
+    zero = one - one
+    top_cell = _as_dtype_of(ns - 2, one)
+    n_lo, n_hi, wd, ln_kd = fixed[0, i], fixed[1, i], fixed[2, i], fixed[3, i]
+    b0, b1, b2 = bounds[i, 0], bounds[i, 1], bounds[i, 2]
+    m, r = n[i], read[i]
+    row = code0[i] + (b0 <= r) + (b1 <= r) + (b2 <= r)
+    packed = counts_tab[row]
+    code = following[row]
+    k = 0
+    while code < done:
+        k += 1
+        if k == stride:
+            failed[0] = 1
+            break
+        z_kc, z_read = uniform_pair_normals(mix(key + _U(i * stride + k) * _G))
+        ln_k = _as_dtype_of(np.float32(z_kc), one) * c2c + ln_kd
+        base, fa, sign, is_set = pulse[code, 0], pulse[code, 1], pulse[code, 2], pulse[code, 3]
+        u = m / wd
+        if uniform:
+            y = (u - s0) * s_scale
+            js = np.floor(y)
+            js = zero if js < zero else (top_cell if js > top_cell else js)
+            fs = y - js
+        else:
+            j = 0
+            while j < ns and states[j] <= u:
+                j += 1
+            j = min(max(j - 1, 0), ns - 2)
+            fs = (u - states[j]) / (states[j + 1] - states[j])
+            js = _as_dtype_of(j, one)
+        fs = zero if fs < zero else (one if fs > one else fs)
+        c = int(base + js)
+        d0 = ((fs * coef[c, 6] + coef[c, 2]) * fa + coef[c, 0]) + fs * coef[c, 4]
+        d1 = ((fs * coef[c, 7] + coef[c, 3]) * fa + coef[c, 1]) + fs * coef[c, 5]
+        rate = _as_dtype_of(exp64(np.float64(d1 * ln_k + d0)), one)
+        top, bottom = u * inv_n_max, (one / u) * n_min
+        w = (top * top if p_set == 2 else top) if is_set != zero else \
+            (bottom * bottom if p_reset == 2 else bottom)
+        w = one - w
+        w = zero if w < zero else w
+        m = m + rate * w * sign
+        m = n_lo if m < n_lo else m
+        m = n_hi if m > n_hi else m
+        if noisy:
+            x = (m - g0) / gdx
+            cell = np.floor(x)
+            cell = zero if cell < zero else (g_last if cell > g_last else cell)
+            at = int(cell)
+            r = ((x - cell) * g_cell[at, 1] + g_cell[at, 0]) \
+                + noise * _as_dtype_of(np.float32(z_read), one)
+        else:
+            r = m
+        row = code + (b0 <= r) + (b1 <= r) + (b2 <= r)
+        packed += counts_tab[row]
+        code = following[row]
+    n[i], read[i], counts[i] = m, r, packed
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _pulse_loop(key, n, read, counts, fixed, bounds, code0, pulse, following, counts_tab,  # noqa: ANN001, E501
+                coef, g_cell, states, scalars, ints, failed):
+    """``_pulse_device`` for every device, on all cores."""
+    count = n.size
+    per = 64
+    for blk in numba.prange((count + per - 1) // per):
+        for i in range(blk * per, min(count, (blk + 1) * per)):
+            _pulse_device(i, key, n, read, counts, fixed, bounds, code0, pulse, following,
+                          counts_tab, coef, g_cell, states, scalars, ints, failed)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _pulse_loop_serial(key, n, read, counts, fixed, bounds, code0, pulse, following,  # noqa: ANN001, E501
+                       counts_tab, coef, g_cell, states, scalars, ints, failed):
+    """``_pulse_device`` for every device, on one core (few devices: no threads to wake)."""
+    for i in range(n.size):
+        _pulse_device(i, key, n, read, counts, fixed, bounds, code0, pulse, following,
+                      counts_tab, coef, g_cell, states, scalars, ints, failed)

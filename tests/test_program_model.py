@@ -31,6 +31,7 @@ from circuitsim.write_verify import write_verify
 from netlists.config import SurrogateConfig
 from netlists.errors import ConfigError, TableError
 from surrogate import program_model
+from surrogate.normals import normals_torch
 from surrogate.program_model import Devices, ProgrammingModel, ProgramResult
 
 pytestmark = pytest.mark.timeout(180)
@@ -133,6 +134,16 @@ def test_cycle_to_cycle_spread_and_a_non_uniform_state_axis(table, model):
     drawn = model.pulse(state, devices, polarity=1, amplitude_v=small, generator=gen) - state
     spread = (drawn / base).log().std()
     assert float(spread) == pytest.approx(model.hw.device.c2c_sigma, rel=0.03)
+    # the normals may be given instead: kc = exp(c2c_sigma z) of each given z
+    z = torch.randn(count, generator=_gen(1))
+    given = model.pulse(state, devices, polarity=1, amplitude_v=small, kc_normals=z) - state
+    torch.testing.assert_close((given / base).log() / model.hw.device.c2c_sigma, z,
+                               rtol=0.02, atol=0.02)
+    with pytest.raises(ConfigError, match="not both"):
+        model.pulse(state, devices, polarity=1, amplitude_v=small, kc_normals=z,
+                    generator=gen)
+    with pytest.raises(ConfigError, match="kc_normals has shape"):
+        model.pulse(state, devices, polarity=1, amplitude_v=small, kc_normals=z[:5])
     # the general lookup for a state axis that is not evenly spaced gives the same response
     general = ProgrammingModel.from_table(table)
     general._state_uniform = False
@@ -374,11 +385,20 @@ def _stepwise(model: ProgrammingModel, targets: torch.Tensor, devices: Devices, 
     tensor operation after another: each step pulses the whole working set through
     ``model.pulse`` and reads it through ``model.read`` (each drawing from ``generator``),
     keeps the result where a device is still being programmed, and compacts the set once
-    at most half of it is. The same draws in the same order as ``program``."""
+    at most half of it is. The same draws as ``program``: pulse k of device i takes the
+    normals of counter ``i * stride + k`` of the key drawn from ``generator``."""
     drv, dtype = model.hw.drive, model.dtype
     floor, tol, max_phase = model.floor_s, model.tolerance_s, max_pulses_per_phase
-    noise = generator if read_noise else None
     count = targets.numel()
+    stream = program_model._stream_key(generator)
+    stride = max_floor_pulses + 2 * max_phase * max_rounds + 2
+    noise = torch.tensor(model.verify_noise_s if read_noise else 0.0, dtype=dtype)
+
+    def read(n: torch.Tensor, dev: Devices, pos: torch.Tensor, k: int) -> torch.Tensor:
+        g = model.read(n, dev)
+        return g + noise * normals_torch(stream, pos * stride + k)[1].to(dtype) \
+            if read_noise else g
+
     n = torch.minimum(torch.maximum(state, model.floor_state(devices)),
                       model.hw.device.n_max * devices.wd)
     zeros = torch.zeros(count, dtype=torch.int32)
@@ -386,7 +406,7 @@ def _stepwise(model: ProgrammingModel, targets: torch.Tensor, devices: Devices, 
          "kd": devices.kd, "wd": devices.wd, "phase": torch.full((count,), 3),
          "amp": torch.zeros(count, dtype=dtype), "rounds": zeros, "pp": zeros.clone(),
          "set": zeros.clone(), "reset": zeros.clone(), "floor": zeros.clone()}
-    w["g"] = model.read(n, devices, generator=noise)
+    w["g"] = read(n, devices, w["pos"], 0)
 
     def start_round(mask: torch.Tensor) -> None:  # phases: 0 floor, 1 SET, 2 RESET, 3 done
         g, lo, hi = w["g"], w["lo"], w["hi"]
@@ -409,7 +429,7 @@ def _stepwise(model: ProgrammingModel, targets: torch.Tensor, devices: Devices, 
         for key, dest in out.items():
             dest[w["pos"][rows]] = w[key][rows]
 
-    for _ in range(max_floor_pulses + 2 * max_phase * max_rounds + 1):
+    for step in range(1, stride):
         active = w["phase"] != 3
         if not bool(active.any()):
             break
@@ -422,9 +442,9 @@ def _stepwise(model: ProgrammingModel, targets: torch.Tensor, devices: Devices, 
         dev = Devices(kd=w["kd"], wd=w["wd"])
         moved = model.pulse(w["n"], dev, polarity=torch.where(phase == 1, 1, -1),
                             amplitude_v=torch.where(active, amp, drv.v_reset_min_v),
-                            generator=generator)
+                            kc_normals=normals_torch(stream, w["pos"] * stride + step)[0])
         w["n"] = torch.where(active, moved, w["n"])
-        w["g"] = torch.where(active, model.read(w["n"], dev, generator=noise), w["g"])
+        w["g"] = torch.where(active, read(w["n"], dev, w["pos"], step), w["g"])
         # the controller's decision
         g, lo, hi = w["g"], w["lo"], w["hi"]
         in_floor, in_set, in_reset = phase == 0, phase == 1, phase == 2
@@ -452,15 +472,17 @@ def _stepwise(model: ProgrammingModel, targets: torch.Tensor, devices: Devices, 
 @pytest.mark.parametrize("dtype, read_noise, axis", [
     (torch.float32, False, "even"), (torch.float32, True, "even"),
     (torch.float64, False, "even"), (torch.float32, False, "general")])
-@pytest.mark.parametrize("loop", ["numpy", "torch"])
+@pytest.mark.parametrize("loop", ["compiled", "compiled-parallel", "torch"])
 def test_program_is_the_stepwise_controller_bit_for_bit(table, dtype, read_noise, axis, loop,
                                                         monkeypatch):
     # program runs the controller as table lookups, counts its rows in batches and, without
     # read noise, judges a read on the state; it must still make every decision, draw and
-    # rounding of the plain step-by-step controller, in its numpy loop (few devices on the
-    # CPU) and in its torch one, and with the lookup for a state axis not evenly spaced
-    if loop == "torch":
-        monkeypatch.setattr(program_model, "_HOST_DEVICES", 0)
+    # rounding of the plain step-by-step controller, in its compiled loop (the CPU; on one
+    # core and on all) and in its torch one (the reference, and CUDA), and with the lookup
+    # for a state axis not evenly spaced
+    monkeypatch.setattr(program_model, "_COMPILED", loop != "torch")
+    monkeypatch.setattr(program_model, "_PARALLEL_DEVICES", 1 if loop == "compiled-parallel"
+                        else 1 << 30)
     model = ProgrammingModel.from_table(table, dtype=dtype)
     model._state_uniform = axis == "even"
     gen = _gen(12)
