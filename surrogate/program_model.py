@@ -1114,8 +1114,8 @@ def _as_dtype_of_impl(x, like):  # noqa: ANN001, ANN202
 
 
 @numba.njit(inline="always", cache=True, error_model="numpy")
-def _pulse_device(i, key, n, read, counts, fixed, bounds, code0, pulse, following,  # noqa: ANN001, ANN202, E501
-                  counts_tab, coef, g_cell, states, scalars, ints, failed):
+def _pulse_device(i, key, n, read, counts, fixed, bounds, code0,  # noqa: ANN001, ANN202
+                  pulse, following, counts_tab, coef, g_cell, states, scalars, ints, failed):
     """``ProgrammingModel._run``'s torch loop for device ``i``, in its dtype and its order
     of operations: from its first verify decision until it is done.
 
@@ -1192,8 +1192,8 @@ def _pulse_device(i, key, n, read, counts, fixed, bounds, code0, pulse, followin
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
-def _pulse_loop(key, n, read, counts, fixed, bounds, code0, pulse, following, counts_tab,  # noqa: ANN001, E501
-                coef, g_cell, states, scalars, ints, failed):
+def _pulse_loop(key, n, read, counts, fixed, bounds, code0,  # noqa: ANN001
+                pulse, following, counts_tab, coef, g_cell, states, scalars, ints, failed):
     """``_pulse_device`` for every device, on all cores."""
     count = n.size
     per = 64
@@ -1204,8 +1204,9 @@ def _pulse_loop(key, n, read, counts, fixed, bounds, code0, pulse, following, co
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _pulse_loop_serial(key, n, read, counts, fixed, bounds, code0, pulse, following,  # noqa: ANN001, E501
-                       counts_tab, coef, g_cell, states, scalars, ints, failed):
+def _pulse_loop_serial(key, n, read, counts, fixed, bounds, code0,  # noqa: ANN001
+                       pulse, following, counts_tab, coef, g_cell, states, scalars, ints,
+                       failed):
     """``_pulse_device`` for every device, on one core (few devices: no threads to wake)."""
     for i in range(n.size):
         _pulse_device(i, key, n, read, counts, fixed, bounds, code0, pulse, following,
