@@ -343,30 +343,30 @@ def _fill_bounds(values: np.ndarray, inside: np.ndarray, x: np.ndarray, *,
 
 
 @numba.njit(inline="always", cache=True, error_model="numpy")
-def _conductance_at(k, n, g0, gdx, last, g_cell, out):  # noqa: ANN001 - numba kernel
-    """``ProgrammingModel._g`` of state ``n[k]``: its cell on the conductance nodes (the
-    last one ``last``) and its linear interpolation, in the dtype of ``n`` (``g0``, ``gdx``
+def _conductance_of(state, g0, gdx, last, g_cell):  # noqa: ANN001, ANN202 - numba kernel
+    """``ProgrammingModel._g`` of one state: its cell on the conductance nodes (the last
+    one ``last``) and its linear interpolation, in the dtype of ``state`` (``g0``, ``gdx``
     and ``last`` in it too) and in the torch path's order of operations."""
     zero = last - last
-    x = (n[k] - g0) / gdx
+    x = (state - g0) / gdx
     i = np.floor(x)
     i = zero if i < zero else (last if i > last else i)
     j = int(i)
-    out[k] = (x - i) * g_cell[j, 1] + g_cell[j, 0]
+    return (x - i) * g_cell[j, 1] + g_cell[j, 0]
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _conductance(n, g0, gdx, last, g_cell, out):  # noqa: ANN001 - numba kernel
-    """``_conductance_at`` of every state, on all cores."""
+    """``_conductance_of`` every state, on all cores."""
     for k in numba.prange(n.size):
-        _conductance_at(k, n, g0, gdx, last, g_cell, out)
+        out[k] = _conductance_of(n[k], g0, gdx, last, g_cell)
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _conductance_serial(n, g0, gdx, last, g_cell, out):  # noqa: ANN001 - numba kernel
-    """``_conductance_at`` of every state, on one core."""
+    """``_conductance_of`` every state, on one core."""
     for k in range(n.size):
-        _conductance_at(k, n, g0, gdx, last, g_cell, out)
+        out[k] = _conductance_of(n[k], g0, gdx, last, g_cell)
 
 
 class ProgrammingModel:
@@ -1006,7 +1006,7 @@ class ProgrammingModel:
         order = (bounds[:, 0] <= bounds[:, 2]).long() + (bounds[:, 1] <= bounds[:, 2]).long()
         bounds = bounds.sort(dim=1, stable=True).values
         if device.type == "cpu" and self._compiled:
-            return self._run_compiled(t, ctl, key, fixed, bounds, order, n, read,
+            return self._run_compiled(t, ctl, key, stride, fixed, bounds, order, n, read,
                                       noisy=noisy)
         counts = torch.zeros(count, dtype=torch.int64, device=device)  # packed
         rows: list[torch.Tensor] = []
@@ -1065,7 +1065,7 @@ class ProgrammingModel:
         return _COMPILED and d.p_window_set in (1, 2) and d.p_window_reset in (1, 2)
 
     def _run_compiled(self, t: dict[str, torch.Tensor], ctl: _Controller, key: int,
-                      fixed: torch.Tensor, bounds: torch.Tensor, order: torch.Tensor,
+                      stride: int, fixed: torch.Tensor, bounds: torch.Tensor, order: torch.Tensor,
                       n: torch.Tensor, read: torch.Tensor, *, noisy: bool
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`_run`'s pulse loop compiled (``_pulse_loop``), on the CPU's cores."""
@@ -1074,7 +1074,7 @@ class ProgrammingModel:
                                               "c2c", "noise")]
                               + [torch.tensor(v, dtype=self.dtype)
                                  for v in (self._g0, self._gdx, self._g_cells - 1)])
-        ints = np.array([self._ns, ctl.done, ctl.limit + 2, int(self._state_uniform),
+        ints = np.array([self._ns, ctl.done, stride, int(self._state_uniform),
                          int(noisy), int(d.p_window_set), int(d.p_window_reset)],
                         dtype=np.int64)
         state = n.contiguous().clone()
@@ -1177,11 +1177,7 @@ def _pulse_device(i, key, n, read, counts, fixed, bounds, code0,  # noqa: ANN001
         m = n_lo if m < n_lo else m
         m = n_hi if m > n_hi else m
         if noisy:
-            x = (m - g0) / gdx
-            cell = np.floor(x)
-            cell = zero if cell < zero else (g_last if cell > g_last else cell)
-            at = int(cell)
-            r = ((x - cell) * g_cell[at, 1] + g_cell[at, 0]) \
+            r = _conductance_of(m, g0, gdx, g_last, g_cell) \
                 + noise * _as_dtype_of(np.float32(z_read), one)
         else:
             r = m
