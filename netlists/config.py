@@ -544,7 +544,10 @@ class SurrogateConfig(_Validated):
     ``verify_reads = 0`` (an ideal verify); with ``n >= 1`` each is the mean of ``n`` noisy
     reads (standard deviation ``read_noise / sqrt(n)``), which must not exceed the verify's
     tolerance (``write_verify.tolerance_levels`` level spacings): a noisier verify cannot
-    resolve the levels and is refused where a chip is built.
+    resolve the levels and is refused where a chip is built. ``saturation_rereads`` is the
+    range management of the chip's controller (as bound management in other simulators):
+    a vector whose read reaches the converter's top code on any column is read again at
+    half the input scale, losing one input bit, up to that many times.
     """
 
     section: ClassVar[str] = "surrogate"
@@ -560,6 +563,10 @@ class SurrogateConfig(_Validated):
                                 doc="mixed-precision write threshold, fraction of the weight "
                                     "range 2 w_max (the paper's 1/15; of 16 levels, whose "
                                     "steps divide 2 w_max in 30, two steps)")
+    saturation_rereads: int = _q(3, 0, 8,
+                                 doc="times an analog layer reads an input vector again, its "
+                                     "inputs halved, while the read puts a column at the "
+                                     "ADC's top code (0: such codes clip)")
 
     def read_noise_s(self, levels_window_s: tuple[float, float], level_count: int) -> float:
         """One read's standard deviation, S, for levels ``level_count`` over

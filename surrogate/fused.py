@@ -21,9 +21,11 @@ read)::
 
 with ``z_j0, z_j1`` the two normals of counter ``base + (t rows + o) n + b0 + b`` of the
 stream's key (``rows`` output rows). Everything is in the ADC's LSB with the rounding shift
-folded into ``off``. :func:`pair_sums` runs the compiled kernel on the CPU and
-:func:`pair_sums_torch` the same arithmetic in torch (CUDA; the reference the tests hold the
-kernel to).
+folded into ``off``. The same pass marks the vectors ``b`` whose read puts any column at the
+top code (``saturated[b]``, before the clamp: ``floor(...) >= top``), what a chip's
+controller sees when it manages the converter's range. :func:`pair_sums` runs the compiled
+kernel on the CPU and :func:`pair_sums_torch` the same arithmetic in torch (CUDA; the
+reference the tests hold the kernel to).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ __all__ = ["pair_sums", "pair_sums_torch"]
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _pair_sums(d, off, var, nscale, adc2, top, scale, key, base, n_all, b0, noisy,
-               y):  # noqa: ANN001 - numba kernel
+               y, saturated):  # noqa: ANN001 - numba kernel
     tr, m, n = d.shape
     rows = m // 2
     per_tile = rows // scale.shape[1]
@@ -66,8 +68,11 @@ def _pair_sums(d, off, var, nscale, adc2, top, scale, key, base, n_all, b0, nois
             d0, d1, v = d[t, j0], d[t, j1], var[t]
             for b in range(n):
                 a = math.floor(d0[b] + o0 + math.sqrt(v[b] * s0 + adc2) * z0[b])
-                a = zero if a < zero else (top if a > top else a)
                 e = math.floor(d1[b] + o1 + math.sqrt(v[b] * s1 + adc2) * z1[b])
+                if a >= top or e >= top:
+                    # every writer stores the same 1: the order of the threads is moot
+                    saturated[b] = 1
+                a = zero if a < zero else (top if a > top else a)
                 e = zero if e < zero else (top if e > top else e)
                 acc[b] += s * (a - e)
         y[o] = acc
@@ -75,18 +80,20 @@ def _pair_sums(d, off, var, nscale, adc2, top, scale, key, base, n_all, b0, nois
 
 def pair_sums(d: torch.Tensor, off: torch.Tensor, var: torch.Tensor, nscale: torch.Tensor,
               adc2: float, top: int, scale: torch.Tensor, *, key: int, base: int,
-              n_all: int, b0: int, noisy: bool) -> torch.Tensor:
-    """``y`` (rows, n) of the module docstring, by the compiled kernel (CPU tensors).
+              n_all: int, b0: int, noisy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``y`` (rows, n) and ``saturated`` (n,) bool of the module docstring, by the compiled
+    kernel (CPU tensors).
 
     ``d`` (tr, 2 rows, n), ``off`` and ``nscale`` (tr, 2 rows), ``var`` (tr, n) (any
     values without noise), ``scale`` (tr, tile columns); float32. ``noisy=False``: no
     noise (``z = 0``; the counters are not used)."""
     tr, m, n = d.shape
     y = torch.empty((m // 2, n), dtype=torch.float32)
+    saturated = torch.zeros(n, dtype=torch.uint8)
     f32 = np.float32
     _pair_sums(_np(d), _np(off), _np(var), _np(nscale), f32(adc2), f32(top), _np(scale),
-               _U(key), _U(base), n_all, b0, noisy, y.numpy())
-    return y
+               _U(key), _U(base), n_all, b0, noisy, y.numpy(), saturated.numpy())
+    return y, saturated.bool()
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -95,7 +102,8 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 def pair_sums_torch(d: torch.Tensor, off: torch.Tensor, var: torch.Tensor,
                     nscale: torch.Tensor, adc2: float, top: int, scale: torch.Tensor, *,
-                    key: int, base: int, n_all: int, b0: int, noisy: bool) -> torch.Tensor:
+                    key: int, base: int, n_all: int, b0: int, noisy: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`pair_sums` in torch (any device; the same arithmetic in another order)."""
     tr, m, n = d.shape
     rows = m // 2
@@ -109,6 +117,8 @@ def pair_sums_torch(d: torch.Tensor, off: torch.Tensor, var: torch.Tensor,
         z = normals_torch(key, counters)                            # (2, tr, rows, n)
         z = torch.stack([z[0], z[1]], dim=-2).reshape(tr, m, n)     # j0, j1 interleaved
         x = x + torch.sqrt(var[:, None, :] * nscale[..., None] + adc2) * z
-    codes = x.floor_().clamp_(0, top).view(tr, scale.shape[1], -1, 2, n)
+    x = x.floor_()
+    saturated = (x >= top).view(-1, n).any(0)
+    codes = x.clamp_(0, top).view(tr, scale.shape[1], -1, 2, n)
     diff = codes[..., 0, :] - codes[..., 1, :]                     # (tr, tc, P, n)
-    return torch.einsum("tcpn,tc->cpn", diff, scale).reshape(rows, n)
+    return torch.einsum("tcpn,tc->cpn", diff, scale).reshape(rows, n), saturated

@@ -692,10 +692,11 @@ class TileSurrogate:
     def pair_sums_columns(self, xt: torch.Tensor, ops: "PairOperands",
                           tile_scale: torch.Tensor, *, generator: NormalStream | None = None,
                           read_noise: bool = True, adc_noise: bool = True,
-                          check: bool = True) -> torch.Tensor:
+                          check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The digital sums over tile rows of the pairs' code differences, (tc P, B):
         ``sum_t tile_scale[t, c] (code[t, c, 2p] - code[t, c, 2p + 1])`` for inputs ``xt``
-        (tr, N, B), the operands of :meth:`pair_operands` and ``tile_scale`` (tr, tc).
+        (tr, N, B), the operands of :meth:`pair_operands` and ``tile_scale`` (tr, tc); and
+        which vectors put a column of any tile at the ADC's top code, (B,) bool.
 
         The conversion runs fused (``surrogate.fused``: noise computed in place from
         ``generator``'s counters, rounding, range, differences and sums in one pass); the

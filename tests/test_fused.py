@@ -31,15 +31,18 @@ def _operands(tr: int, tc: int, pairs: int, n: int, seed: int):
 @pytest.mark.parametrize("noisy", [True, False])
 def test_the_kernel_is_its_torch_reference(noisy):
     d, off, var, nscale = _operands(5, 3, 4, 37, seed=1)
+    d[..., ::3] *= 0.5                      # these vectors stay below the top code
     kw = dict(key=key_for(9), base=1000, n_all=100, b0=20, noisy=noisy)
     ones = torch.ones(5, 3)
-    got = fused.pair_sums(d, off, var, nscale, 0.4, 255, ones, **kw)
-    want = fused.pair_sums_torch(d, off, var, nscale, 0.4, 255, ones, **kw)
-    assert got.shape == (12, 37)
+    got, got_sat = fused.pair_sums(d, off, var, nscale, 0.4, 255, ones, **kw)
+    want, want_sat = fused.pair_sums_torch(d, off, var, nscale, 0.4, 255, ones, **kw)
+    assert got.shape == (12, 37) and got_sat.shape == (37,) and got_sat.dtype == torch.bool
     assert torch.equal(got, want)                      # integer codes: the sums are exact
+    assert torch.equal(got_sat, want_sat) and not bool(got_sat[::3].any())
+    assert bool(got_sat.any())
     scales = torch.rand(5, 3, generator=torch.Generator().manual_seed(2)) + 0.5
-    got = fused.pair_sums(d, off, var, nscale, 0.4, 255, scales, **kw)
-    want = fused.pair_sums_torch(d, off, var, nscale, 0.4, 255, scales, **kw)
+    got, _ = fused.pair_sums(d, off, var, nscale, 0.4, 255, scales, **kw)
+    want, _ = fused.pair_sums_torch(d, off, var, nscale, 0.4, 255, scales, **kw)
     assert torch.allclose(got, want, rtol=1e-6, atol=1e-4)     # float32 sums, other order
 
 
@@ -50,8 +53,9 @@ def test_the_kernel_draws_the_documented_counters():
     off = torch.zeros(tr, 2)
     var = torch.ones(tr, n)
     nscale = torch.full((tr, 2), 16.0)                     # sigma = 4 LSB
-    y = fused.pair_sums(d, off, var, nscale, 0.0, 255, torch.ones(tr, 1), key=key_for(4),
-                        base=50, n_all=n, b0=0, noisy=True)
+    y, saturated = fused.pair_sums(d, off, var, nscale, 0.0, 255, torch.ones(tr, 1),
+                                   key=key_for(4), base=50, n_all=n, b0=0, noisy=True)
+    assert not bool(saturated.any())                  # 100 +- 4 LSB is far from 255
     t = torch.arange(tr)[:, None]
     z = normals_torch(key_for(4), 50 + t * n + torch.arange(n))       # (2, tr, n)
     want = (torch.floor(100 + 4 * z[0]) - torch.floor(100 + 4 * z[1])).sum(0)
@@ -88,7 +92,7 @@ def test_the_fused_read_is_the_codes_with_the_same_normals(surrogate):
     assert torch.equal(ops.noise, stacked[:, m:])
     assert torch.equal(ops.offset, offset[..., 0] * (1.0 / s.lsb_v) + 0.5)
     assert torch.equal(ops.noise_scale, offset[..., 1])
-    got = s.pair_sums_columns(x, ops, scale, generator=stream)
+    got, saturated = s.pair_sums_columns(x, ops, scale, generator=stream)
     rows = tc * s.cols // 2
     assert got.shape == (rows, n) and stream.position == tr * rows * n
     # the normals the kernel used, laid out as the codes' (tr, M, n)
@@ -99,7 +103,8 @@ def test_the_fused_read_is_the_codes_with_the_same_normals(surrogate):
     codes = s.codes_columns(x, stacked, offset, generator=_Fixed(noise))
     want = (codes[:, 0::2] - codes[:, 1::2]).sum(0)
     assert torch.equal(got, want)
-    quiet = s.pair_sums_columns(x, ops, scale, generator=None)
+    assert torch.equal(saturated, (codes >= s.top_code).any(1).any(0))
+    quiet, _ = s.pair_sums_columns(x, ops, scale, generator=None)
     codes = s.codes_columns(x, stacked, offset)
     assert torch.equal(quiet, (codes[:, 0::2] - codes[:, 1::2]).sum(0))
     assert not torch.equal(quiet, got)

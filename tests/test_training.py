@@ -160,6 +160,66 @@ def test_the_unfused_conversion_reads_as_the_fused_one(table):
     unit = chip.code_to_dot * float(tiles.w_max) * x.abs().amax(dim=1, keepdim=True)
     assert int(((unfused - fused) / unit).abs().gt(1e-3).sum()) <= 2
 
+def _narrow_chip(table, rereads: int, **kw) -> AnalogChip:
+    """A chip whose converter stops at code 20 (of the same LSB): eight top cells driven at
+    full scale reach about 42."""
+    chip = _chip(table, config=SurrogateConfig(saturation_rereads=rereads), **kw)
+    chip.reader.top_code = 20
+    return chip
+
+
+def _top_layer(chip: AnalogChip) -> AnalogLinear:
+    w = torch.full((4, 16), 0.5)
+    w[1], w[2], w[3, ::2] = -0.5, 0.0, 0.5
+    return AnalogLinear(16, 4, chip=chip, weight=w)
+
+
+@pytest.mark.parametrize("unfused", [False, True])
+def test_saturated_reads_are_read_again_at_half_the_input(table, unfused):
+    x = torch.ones(3, 16)                          # every row at full scale: saturates
+    x[1] = 0.25                                    # a quarter of it: does not
+    x[1, 0] = 1.0
+    x[2] = torch.linspace(0, 1, 16)                # half on average: saturates once
+    got, counts = {}, {}
+    for rereads in (0, 1, 3):
+        chip = _narrow_chip(table, rereads)
+        if unfused:
+            chip.reader._uniform_adc = False       # the codes' conversion flags them too
+            chip.reader.transitions = chip.reader.transitions[:20]
+        layer = _top_layer(chip)
+        got[rereads] = layer.tiles.analog(x)
+        assert layer.tiles._operands[0] == ("columns" if unfused else "pairs")
+        counts[rereads] = dict(chip.reads)
+    exact = x @ layer.tiles.weight.detach().T
+    code = chip.code_to_dot * float(layer.tiles.w_max)      # one code, peak 1
+    assert counts[0] == {"vectors": 3, "saturated": 2, "reread": 0, "clipped": 2}
+    clipped = (got[0][0] - exact[0])[[0, 1, 3]]                 # the outputs of nonzero w
+    assert float(clipped.abs().min()) > 40 * code                    # clipped at code 20
+    assert counts[1] == {"vectors": 3, "saturated": 2, "reread": 2, "clipped": 1}
+    assert counts[3] == {"vectors": 3, "saturated": 2, "reread": 3, "clipped": 0}
+    # read again at half the input (one input bit less), the result doubled: a few codes
+    # of the halved read off, where the clipped one was off by tens
+    assert float((got[3] - exact).abs().max()) <= 2 * 2 * code
+    assert float((got[1][2] - exact[2]).abs().max()) <= 2 * 2 * code
+    for k in (1, 3):                               # the vector that fits is read once
+        assert torch.equal(got[k][1], got[0][1])
+
+
+def test_reads_that_fit_the_converter_are_not_read_again(table):
+    torch.manual_seed(8)
+    x = torch.rand(50, 19)
+    out = []
+    for rereads in (0, 3):
+        chip = _chip(table, read_noise=True, config=SurrogateConfig(saturation_rereads=rereads))
+        torch.manual_seed(8)
+        layer = AnalogLinear(19, 11, chip=chip)
+        out.append(layer.tiles.analog(x))
+        assert chip.reads == {"vectors": 50, "saturated": 0, "reread": 0, "clipped": 0}
+    assert torch.equal(out[0], out[1])             # the same noise stream, the same codes
+    with pytest.raises(ConfigError, match="saturation_rereads"):
+        SurrogateConfig(saturation_rereads=9)
+
+
 def _chunked(table, block: int, **kw) -> AnalogChip:
     chip = _chip(table, **kw)
     chip.noise = NormalStream(77)

@@ -33,6 +33,14 @@ and ``w_max``). A vector that is zero everywhere has a digital scale of zero and
 result; it is not read. Tiles whose TIAs can reach a rail take the surrogate's exact
 per-plane read instead.
 
+Range management. A read that puts any column of any of the layer's tiles at the ADC's top
+code is clipped. As a chip's controller would, the layer reads such a vector again with its
+inputs halved (``q = round(top |x| / (2 peak))``: one input bit less) and doubles the
+result, up to ``SurrogateConfig.saturation_rereads`` times (3 by default; 0 lets the codes
+clip). Only the saturated vectors are read again; the others keep their one read and their
+noise draws. ``AnalogChip.reads`` counts the vectors read, saturated, read again and left
+clipped.
+
 Backward (digital). Straight through: the gradient is that of the digital layer (``x @ w^T``,
 or the convolution) with the effective weights ``w = w_hp * s``: ``w_hp`` the
 high-precision weights (the layer's ``weight`` parameter), ``s`` the scale of the tile each
@@ -163,6 +171,10 @@ class AnalogChip:
         #: ADC conversions a layer reads per chunk of input vectors (the chunk's voltages,
         #: 4 bytes each, stay cache-sized)
         self.chunk_reads = CHUNK_READS
+        #: input vectors the analog layers read (a signed vector's two parts count twice),
+        #: those whose read reached the ADC's top code, the re-reads at halved inputs
+        #: (``SurrogateConfig.saturation_rereads``) and those left clipped after the last
+        self.reads = {"vectors": 0, "saturated": 0, "reread": 0, "clipped": 0}
         self.hw: HardwareConfig = self.reader.hw
         self._retention: Retention | None = None
         self.g_lo, self.g_hi = (float(v) for v in self.programmer.level_window_s)
@@ -318,6 +330,12 @@ class AnalogTiles(nn.Module):
             where = sel.reshape(-1).nonzero().squeeze(1)
             return ProgramPlan(self, sel, where, new_levels.reshape(-1).index_select(0, where))
 
+    def plan_selected(self, select: torch.Tensor, levels: torch.Tensor) -> "ProgramPlan":
+        """The plan that writes the devices of ``select`` (bool, tile layout) to ``levels``
+        (int16, tile layout; read under the mask), in the order of the flattened layout."""
+        where = select.reshape(-1).nonzero().squeeze(1)
+        return ProgramPlan(self, select, where, levels.reshape(-1).index_select(0, where))
+
     def program(self, w: torch.Tensor, *, pairs: torch.Tensor | None = None,
                 count: bool = True, only_changed: bool = True) -> WriteStats:
         """Write-and-verify the devices of the weights selected by ``pairs`` (out, in) bool
@@ -400,35 +418,39 @@ class AnalogTiles(nn.Module):
                 self._operands = ("planes", tiles)
         return self._operands
 
-    def _code_differences(self, q: torch.Tensor) -> torch.Tensor:
+    def _code_differences(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ADC code differences of the pairs, (tr, tc, pairs, n), for 8-bit inputs ``q``
-        (tr, R, n)."""
+        (tr, R, n), and which vectors reach the top code on any column, (n,) bool."""
         reader = self.chip.reader
         gen = self.chip.noise if self.chip.read_noise else None
         ops = self._read_operands()
-        tc = self.grid[1]
+        tc, n = self.grid[1], q.shape[-1]
+        top = reader.top_code
         if ops[0] == "columns":
             codes = reader.codes_columns(q, ops[1], ops[2], generator=gen, check=False)
-            codes = codes.view(q.shape[0], tc, -1, 2, q.shape[-1])      # (tr, tc, P, 2, n)
-            return codes[..., 0, :] - codes[..., 1, :]
+            saturated = (codes >= top).view(-1, n).any(0)
+            codes = codes.view(q.shape[0], tc, -1, 2, n)                # (tr, tc, P, 2, n)
+            return codes[..., 0, :] - codes[..., 1, :], saturated
         d = reader.analog(q.transpose(1, 2)[:, None], ops[1], generator=gen, check=False)
         codes = reader.quantize(d, dtype=torch.float32)                 # (tr, tc, n, M)
-        return (codes[..., 0::2] - codes[..., 1::2]).transpose(2, 3)
+        saturated = (codes >= top).transpose(2, 3).reshape(-1, n).any(0)
+        return (codes[..., 0::2] - codes[..., 1::2]).transpose(2, 3), saturated
 
-    def _pair_sums(self, q: torch.Tensor) -> torch.Tensor:
+    def _pair_sums(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The pairs' code differences summed over the tile rows with the tiles' digital
         scales, (tc P, n), for 8-bit inputs ``q`` (tr, R, n): fused with the conversion on
-        the shortcut (``TileSurrogate.pair_sums_columns``)."""
+        the shortcut (``TileSurrogate.pair_sums_columns``); and which vectors reach the ADC's
+        top code on any column of any tile, (n,) bool."""
         ops = self._read_operands()
         scale = self.tile_scale.detach()
         if ops[0] == "pairs":
             gen = self.chip.noise if self.chip.read_noise else None
             return self.chip.reader.pair_sums_columns(q, ops[1], scale, generator=gen,
                                                       check=False)
-        diff = self._code_differences(q)                            # (tr, tc, P, n)
+        diff, saturated = self._code_differences(q)                 # (tr, tc, P, n)
         if diff.shape[0] * diff.shape[1] == 1:
-            return diff[0, 0] * scale[0, 0]
-        return torch.einsum("tcpn,tc->cpn", diff, scale).reshape(-1, q.shape[-1])
+            return diff[0, 0] * scale[0, 0], saturated
+        return torch.einsum("tcpn,tc->cpn", diff, scale).reshape(-1, q.shape[-1]), saturated
 
     def analog_columns(self, xt: torch.Tensor) -> torch.Tensor:
         """The analog result (out, n) for input vectors along the columns of ``xt`` (in, n)
@@ -468,7 +490,6 @@ class AnalogTiles(nn.Module):
         ``signed``: read the negated parts too."""
         chip = self.chip
         top = chip.reader.input_levels - 1
-        tr, r = self.grid[0], self._rows_used
         n = x.shape[1]
         active = torch.nonzero(peak).squeeze(1)
         if active.numel() == 0:
@@ -479,17 +500,12 @@ class AnalogTiles(nn.Module):
         # q = round(top |x| / peak), halves up, as whole numbers; the rows of the last
         # tile row that no input drives stay at zero
         scale = top / peak.clamp_min(1e-30)           # a zero vector: q = 0, no inf
-        half = x.new_tensor(0.5)
         m = x.shape[1]
-        q = torch.empty((tr * r, 2 * m if signed else m), dtype=torch.int32,
-                        device=x.device)
-        q[self.in_features:] = 0
+        parts = torch.cat([x.clamp(min=0), -x.clamp(max=0)], dim=1) if signed else x
         if signed:
-            q[:self.in_features, :m] = torch.addcmul(half, x.clamp(min=0), scale)
-            q[:self.in_features, m:] = torch.addcmul(half, x.clamp(max=0), -scale)
-        else:
-            q[:self.in_features] = torch.addcmul(half, x, scale)
-        y = self._pair_sums(q.view(tr, r, -1))                     # (tc P, n')
+            scale = torch.cat([scale, scale])
+        y, saturated = self._pair_sums(self._inputs(parts, scale))   # (tc P, n')
+        y = self._reread_saturated(parts, scale, y, saturated)
         if signed:
             y = y[:, :m] - y[:, m:]
         y = y[:self.out_features]
@@ -497,6 +513,43 @@ class AnalogTiles(nn.Module):
         if dense:
             return y
         return y.new_zeros((self.out_features, n)).index_copy_(1, active, y)
+
+    def _inputs(self, parts: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """8-bit inputs (tr, R, n), ``round(parts scale)`` halves up, for non-negative
+        ``parts`` (in, n) and their scales (n,); the rows of the last tile row that no input
+        drives stay at zero."""
+        tr, r = self.grid[0], self._rows_used
+        q = torch.empty((tr * r, parts.shape[1]), dtype=torch.int32, device=parts.device)
+        q[self.in_features:] = 0
+        q[:self.in_features] = torch.addcmul(parts.new_tensor(0.5), parts, scale)
+        return q.view(tr, r, -1)
+
+    def _reread_saturated(self, parts: torch.Tensor, scale: torch.Tensor, y: torch.Tensor,
+                          saturated: torch.Tensor) -> torch.Tensor:
+        """The controller's range management: each vector (a column of ``parts``) whose read
+        reached the ADC's top code is read again with its inputs halved, and its result
+        doubled, until no column saturates or ``saturation_rereads`` halvings are spent
+        (the last read stands, clipped). Counts the vectors read and read again on the
+        chip (``AnalogChip.reads``)."""
+        chip = self.chip
+        counts = chip.reads
+        counts["vectors"] += parts.shape[1]
+        if not bool(saturated.any()):
+            return y
+        which = torch.nonzero(saturated).squeeze(1)
+        counts["saturated"] += which.numel()
+        gain = 1.0
+        for _ in range(chip.config.saturation_rereads):
+            gain *= 0.5
+            counts["reread"] += which.numel()
+            again, saturated = self._pair_sums(self._inputs(
+                parts.index_select(1, which), scale.index_select(0, which) * gain))
+            y.index_copy_(1, which, again * (1.0 / gain))
+            which = which[saturated]
+            if which.numel() == 0:
+                break
+        counts["clipped"] += which.numel()
+        return y
 
     def analog(self, x: torch.Tensor) -> torch.Tensor:
         """The analog result (B, out) for ``x`` (B, in) (no gradient)."""

@@ -295,6 +295,17 @@ def _levels(table: Table) -> int:
     return table.hardware().levels.count
 
 
+def _read_fractions(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """Of the vectors the analog layers read between two counts (``AnalogChip.reads``): the
+    fraction whose read reached the ADC's top code, and the fraction left clipped after the
+    rereads at halved inputs (``SurrogateConfig.saturation_rereads``)."""
+    read = after["vectors"] - before["vectors"]
+    if not read:
+        return {"saturated_reads": 0.0, "clipped_reads": 0.0}
+    return {"saturated_reads": (after["saturated"] - before["saturated"]) / read,
+            "clipped_reads": (after["clipped"] - before["clipped"]) / read}
+
+
 def _rng_state(chip: AnalogChip | None, shuffle: torch.Generator) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
     if chip is not None:
@@ -449,6 +460,7 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
             t0 = time.perf_counter()
             total_loss = correct = seen = 0
             writes = 0
+            reads = dict(chip.reads) if chip is not None else None
             for b, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True,
                                                generator=shuffle)):
                 x, y = x.to(dev), y.to(dev)
@@ -469,14 +481,23 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
                 seen += len(y)
                 show(b + 1, n_batches, total_loss / seen)
             seconds = time.perf_counter() - t0
+            range_note = ""
+            if reads is not None:
+                saturated = _read_fractions(reads, chip.reads)
+                if saturated["saturated_reads"]:
+                    range_note = (f", {100 * saturated['saturated_reads']:.2f}% of reads "
+                                  f"saturated ({100 * saturated['clipped_reads']:.2f}% "
+                                  "clipped)")
             test_acc = accuracy(model, data.test, device=dev)
             entry = {"epoch": epoch + 1, "train_loss": total_loss / seen,
                      "train_accuracy": correct / seen, "test_accuracy": test_acc,
                      "seconds": seconds, "device_writes": writes}
+            if reads is not None:
+                entry.update(saturated)
             history.append(entry)
             stream.write(f"epoch {epoch + 1}: loss {entry['train_loss']:.4f}, train "
                          f"{100 * entry['train_accuracy']:.2f}%, test {100 * test_acc:.2f}%, "
-                         f"{seconds:.1f} s, {writes} device writes\n")
+                         f"{seconds:.1f} s, {writes} device writes{range_note}\n")
             _save({
                 "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
