@@ -18,6 +18,9 @@ update is then taken back out of the weights and handled by ``mode``:
     target quantized to the devices' levels, and the weight set to it, so an update smaller
     than half a level is lost (the paper's per-batch baseline).
 
+For ``mixed``, the accumulation, the threshold and the plan of the writes are one pass over
+each layer's weights (``training.accumulate``: compiled on the CPU, torch elsewhere).
+
 Digital parameters (biases, batch norm, the tiles' digital scales) are updated by the
 wrapped optimizer directly. Writes and pulses are counted per device by the tiles
 (``write_count``, ``pulse_count``); :meth:`~MixedPrecisionOptimizer.write_summary` adds
@@ -34,6 +37,7 @@ from torch import nn
 
 from netlists.config import SurrogateConfig
 from netlists.errors import ConfigError
+from training.accumulate import accumulate, accumulate_torch
 from training.analog import AnalogTiles, NonFiniteValues, analog_layers, program_plans
 
 __all__ = ["MixedPrecisionOptimizer", "MODES"]
@@ -77,25 +81,26 @@ class MixedPrecisionOptimizer:
         programmed."""
         before = [layer.weight.detach().clone() for _, layer in self.layers]
         self.optimizer.step()
-        deltas = [layer.weight.detach() - old for (_, layer), old in zip(self.layers, before)]
-        for (name, layer), delta in zip(self.layers, deltas):
-            if not bool(torch.isfinite(delta).all()):
+        for name, layer in self.layers:          # the weights were finite before the step
+            if not bool(torch.isfinite(layer.weight).all()):
                 raise NonFiniteValues(f"the update of the analog weights {name} holds NaN or "
                                       "inf")
         plans = []
-        for (name, layer), old, delta in zip(self.layers, before, deltas):
-            layer.weight.data.copy_(old)
+        for (name, layer), old in zip(self.layers, before):
             if self.mode == "mixed":
-                acc = self.accumulators[name]
-                acc.add_(delta)
-                due = acc.abs() >= self.threshold * 2.0 * float(layer.w_max)
-                if not bool(due.any()):
-                    continue
-                target = torch.clamp(old + acc, -float(layer.w_max), float(layer.w_max))
-                plans.append(layer.plan(target, pairs=due))
-                acc[due] = 0.0
+                weight, acc = layer.weight, self.accumulators[name]
+                fused = weight.device.type == "cpu" and weight.is_contiguous() \
+                    and acc.is_contiguous()
+                run = accumulate if fused else accumulate_torch
+                due = run(weight, old, acc, layer.target_level, w_max=layer.w_max,
+                          threshold=self.threshold * 2.0 * float(layer.w_max),
+                          levels=layer.levels)
+                if due is not None:
+                    plans.append(layer.plan_selected(*due))
             else:
-                plans.append(layer.plan(old + delta, only_changed=False))
+                target = old + (layer.weight.detach() - old)
+                layer.weight.data.copy_(old)
+                plans.append(layer.plan(target, only_changed=False))
         stats = program_plans(plans)
         self.step_writes = sum(s.devices for s in stats)
         self.step_pulses = sum(s.pulses for s in stats)
