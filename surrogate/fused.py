@@ -26,6 +26,11 @@ top code (``saturated[b]``, before the clamp: ``floor(...) >= top``), what a chi
 controller sees when it manages the converter's range. :func:`pair_sums` runs the compiled
 kernel on the CPU and :func:`pair_sums_torch` the same arithmetic in torch (CUDA; the
 reference the tests hold the kernel to).
+
+Before the GEMM, :func:`look_up` turns the 8-bit inputs into the GEMM's operand (their
+values on the settling components) and sums their read-noise weights over each tile's
+rows (the variance of every read of the tile row, ``var`` above) in one pass over the
+inputs, where torch would gather both tables and reduce the second with a GEMV.
 """
 
 from __future__ import annotations
@@ -38,7 +43,53 @@ import torch
 
 from surrogate.normals import _G, _U, mix, normals_torch, uniform_pair_normals
 
-__all__ = ["pair_sums", "pair_sums_torch"]
+__all__ = ["pair_sums", "pair_sums_torch", "look_up", "look_up_torch"]
+
+#: vectors per job of :func:`look_up`'s kernel
+_LOOKUP_BLOCK = 256
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy")
+def _look_up(q, luts, noise_lut, looked, sums):  # noqa: ANN001 - numba kernel
+    tr, rows, n = q.shape
+    rank = luts.shape[0]
+    blocks = (n + _LOOKUP_BLOCK - 1) // _LOOKUP_BLOCK
+    for job in numba.prange(tr * blocks):
+        t = job // blocks
+        b0 = (job % blocks) * _LOOKUP_BLOCK
+        b1 = min(n, b0 + _LOOKUP_BLOCK)
+        acc = np.zeros(b1 - b0, np.float32)
+        for i in range(rows):
+            row = q[t, i]
+            for k in range(rank):
+                lut = luts[k]
+                out = looked[t, k * rows + i]
+                for b in range(b0, b1):
+                    out[b] = lut[row[b]]
+            for b in range(b0, b1):
+                acc[b - b0] += noise_lut[row[b]]
+        sums[t, b0:b1] = acc
+
+
+def look_up(q: torch.Tensor, luts: torch.Tensor, noise_lut: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GEMM operand of 8-bit inputs ``q`` (tr, R, B) int32 on the settling components
+    ``luts`` (rank, levels) float32, ``looked[t, k R + i, b] = luts[k, q[t, i, b]]`` (tr,
+    rank R, B), and the read noise's sums ``sums[t, b] = sum_i noise_lut[q[t, i, b]]`` (tr,
+    B), in one compiled pass over ``q`` (CPU tensors)."""
+    tr, rows, n = q.shape
+    looked = torch.empty((tr, luts.shape[0] * rows, n), dtype=torch.float32)
+    sums = torch.empty((tr, n), dtype=torch.float32)
+    _look_up(q.contiguous().numpy(), _np(luts), _np(noise_lut), looked.numpy(), sums.numpy())
+    return looked, sums
+
+
+def look_up_torch(q: torch.Tensor, luts: torch.Tensor, noise_lut: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`look_up` in torch (any device; the sums in another order)."""
+    flat = q.reshape(-1)
+    looked = torch.cat([lut.index_select(0, flat).view(q.shape) for lut in luts], dim=-2)
+    return looked, noise_lut.index_select(0, flat).view(q.shape).sum(-2)
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")

@@ -701,17 +701,29 @@ class TileSurrogate:
         The conversion runs fused (``surrogate.fused``: noise computed in place from
         ``generator``'s counters, rounding, range, differences and sums in one pass); the
         codes are :meth:`codes_columns`' with the stream's normals."""
-        idx, flat, looked = self._column_lookup(xt, ops.w.shape[-1], check)
-        n = idx.shape[-2]
-        d = torch.matmul(ops.w, looked)                                 # (tr, M, B)
         read = generator is not None and read_noise and self.read_noise_s > 0
         adc = generator is not None and adc_noise and self.adc_noise_v > 0
-        if read:
-            units = self._lut_columns[1].index_select(0, flat).view(idx.shape)
-            var = torch.matmul(ops.noise[..., :n], units)[..., 0, :]
-            var.mul_((1.0 / self.lsb_v) ** 2)
+        if read and self.device.type == "cpu":
+            # the lookups and the noise's sums over the inputs in one pass over them
+            xt = torch.as_tensor(xt, device=self.device)
+            if check:
+                self.check_inputs(xt)
+            idx = xt.to(torch.int32)
+            rank = ops.w.shape[-1] // idx.shape[-2]
+            luts = self._lut_columns[0][None] if rank == 1 else self.lut_basis[:, :rank].T
+            looked, var = fused.look_up(idx, luts, self._lut_columns[1])
+            d = torch.matmul(ops.w, looked)                             # (tr, M, B)
+            var.mul_(ops.noise[:, 0, :1] * (1.0 / self.lsb_v) ** 2)
         else:
-            var = d.new_zeros((d.shape[0], d.shape[-1]))
+            idx, flat, looked = self._column_lookup(xt, ops.w.shape[-1], check)
+            n = idx.shape[-2]
+            d = torch.matmul(ops.w, looked)                             # (tr, M, B)
+            if read:
+                units = self._lut_columns[1].index_select(0, flat).view(idx.shape)
+                var = torch.matmul(ops.noise[..., :n], units)[..., 0, :]
+                var.mul_((1.0 / self.lsb_v) ** 2)
+            else:
+                var = d.new_zeros((d.shape[0], d.shape[-1]))
         adc2 = (self.adc_noise_v * (1.0 / self.lsb_v)) ** 2 if adc else 0.0
         noisy = read or adc
         rows = d.shape[-2] // 2

@@ -108,3 +108,16 @@ def test_the_fused_read_is_the_codes_with_the_same_normals(surrogate):
     codes = s.codes_columns(x, stacked, offset)
     assert torch.equal(quiet, (codes[:, 0::2] - codes[:, 1::2]).sum(0))
     assert not torch.equal(quiet, got)
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_the_lookup_kernel_is_its_torch_reference(rank):
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(0, 256, (4, 24, 600), generator=g, dtype=torch.int32)
+    luts = torch.rand(rank, 256, generator=g)
+    noise_lut = torch.rand(256, generator=g)
+    looked, sums = fused.look_up(q, luts, noise_lut)
+    want_looked, want_sums = fused.look_up_torch(q, luts, noise_lut)
+    assert looked.shape == (4, rank * 24, 600) and sums.shape == (4, 600)
+    assert torch.equal(looked, want_looked)
+    assert torch.allclose(sums, want_sums, rtol=1e-6)             # float32 sums, other order
