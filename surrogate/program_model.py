@@ -92,7 +92,7 @@ devices)``.
 
 Measured against ngspice
 ------------------------
-The ``chip`` calibration (``chip-bae89a309f2e3854``; its ``write_verify`` surface is 32
+The ``chip`` calibration (``chip-78fa9db6a2bfd117``; its ``write_verify`` surface is 32
 targets x 8 cells, every step solved in ngspice) against the surrogate on the same 32
 targets x 4096 devices, read noise off (1 level = 0.292 uS, tolerance 0.5 level):
 
@@ -100,11 +100,11 @@ targets x 4096 devices, read noise off (1 level = 0.292 uS, tolerance 0.5 level)
                                 ngspice (256 cells)     surrogate
 ==============================  ======================  ======================
 success rate                    0.992                   0.987
-mean write pulses (SET, RESET)  48.6 (28.1, 20.5)       48.6 (28.7, 19.7)
+mean write pulses (SET, RESET)  48.6 (28.1, 20.5)       48.5 (28.7, 19.7)
 error mean                      0.251 level             0.237 level
-program error std               0.129 uS (0.443 level)  0.146 uS (0.499 level)
-  of the successful cells       0.279 level             0.272 level
-error rms                       0.149 uS (0.508 level)  0.161 uS (0.552 level)
+program error std               0.129 uS (0.442 level)  0.145 uS (0.495 level)
+  of the successful cells       0.278 level             0.272 level
+error rms                       0.148 uS (0.508 level)  0.160 uS (0.549 level)
 ==============================  ======================  ======================
 
 (The larger overall spread of the surrogate comes from the failures: devices with
@@ -117,7 +117,7 @@ conductance on the chip table, 3.9 rms (6.7 worst) on the ``tiny`` one.
 Programming 64 x 64 x 16 devices from their floor to random levels with the default read
 noise (``SurrogateConfig.read_noise = 0.02`` of the window, i.e. 2.5 levels, 5x the
 tolerance), a verify read passes by chance: 75 % of the devices end with a read within tolerance after 39 pulses on
-average, but only 11 % actually are, and the conductance error is 2.8 levels rms (0.55
+average, but only 11 % actually are, and the conductance error is 2.8 levels rms (0.54
 without noise).
 
 Speed
