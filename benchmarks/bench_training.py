@@ -45,6 +45,7 @@ from calibration.store import open_table
 from netlists.config import preset
 from surrogate import fused, program_model, statistical, tile
 from training import analog
+from training.allocator import keep_freed_memory
 from training.analog import AnalogChip, from_digital
 from training.models import DEFAULT_INPUT_SHAPES, build_model
 from training.optim import MixedPrecisionOptimizer
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    keep_freed_memory()                   # as train() does: for the float and mixed steps
     if args.table:
         table = open_table(args.table)
     else:

@@ -64,6 +64,7 @@ from calibration.store import Table, open_table
 from netlists.config import SurrogateConfig
 from netlists.errors import ConfigError
 from netlists.files import check_writable_folder
+from training.allocator import keep_freed_memory
 from training.analog import PROGRAMMING, AnalogChip, NonFiniteValues, analog_layers, from_digital
 from training.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, write_checkpoint
 from training.data import Dataset, batches, load_dataset, parse_spec
@@ -405,6 +406,7 @@ def train(cfg: TrainConfig, *, out: Path | str, table: Table | None = None,
 
     Ctrl-C raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) that says what the
     checkpoint on disk holds."""
+    keep_freed_memory()                    # each step's temporaries reused, not re-faulted
     out = Path(out)
     ckpt_path = out / CHECKPOINT_NAME
     dev = pick_device(device)
@@ -577,6 +579,7 @@ def evaluate(checkpoint: Path | str, dataset: str, *, table: Table | None = None
     ``temperature_k`` (default the device's ambient temperature) and drifting as the
     table's ``retention`` surface says; the result gains ``after_s`` and ``temperature_k``.
     """
+    keep_freed_memory()
     ckpt = loaded if loaded is not None else load_checkpoint(checkpoint)
     cfg = TrainConfig(**ckpt["config"])
     if after_s is None and temperature_k is not None:
