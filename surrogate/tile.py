@@ -705,11 +705,7 @@ class TileSurrogate:
         adc = generator is not None and adc_noise and self.adc_noise_v > 0
         if read and self.device.type == "cpu":
             # the lookups and the noise's sums over the inputs in one pass over them
-            xt = torch.as_tensor(xt, device=self.device)
-            if check:
-                self.check_inputs(xt)
-            idx = xt.to(torch.int32)
-            rank = ops.w.shape[-1] // idx.shape[-2]
+            idx, rank = self._indices(xt, ops.w.shape[-1], check)
             luts = self._lut_columns[0][None] if rank == 1 else self.lut_basis[:, :rank].T
             looked, var = fused.look_up(idx, luts, self._lut_columns[1])
             d = torch.matmul(ops.w, looked)                             # (tr, M, B)
@@ -757,11 +753,7 @@ class TileSurrogate:
         """Inputs ``xt`` (..., N, B) as indices, flattened, and their lookups on the
         settling components that operands ``width`` (= rank N) wide read, stacked along N:
         contiguous gathers, GEMM operands without a copy."""
-        xt = torch.as_tensor(xt, device=self.device)
-        if check:
-            self.check_inputs(xt)
-        idx = xt.to(torch.int32)
-        rank = width // idx.shape[-2]
+        idx, rank = self._indices(xt, width, check)
         flat = idx.reshape(-1)
         if rank == 1:
             looked = self._lut_columns[0].index_select(0, flat).view(idx.shape)
@@ -769,6 +761,15 @@ class TileSurrogate:
             looked = torch.cat([self.lut_basis[:, k].index_select(0, flat).view(idx.shape)
                                 for k in range(rank)], dim=-2)
         return idx, flat, looked
+
+    def _indices(self, xt: torch.Tensor, width: int, check: bool) -> tuple[torch.Tensor, int]:
+        """Inputs ``xt`` (..., N, B) as int32 indices (checked with ``check``), and the rank
+        that operands ``width`` (= rank N) wide read them on."""
+        xt = torch.as_tensor(xt, device=self.device)
+        if check:
+            self.check_inputs(xt)
+        idx = xt.to(torch.int32)
+        return idx, width // idx.shape[-2]
 
     def _look_up(self, idx: torch.Tensor, both: bool) -> torch.Tensor:
         """``lut2[idx]`` (idx.shape + (2,)) with ``both``, else ``lut[idx]``."""

@@ -23,6 +23,8 @@ import numba
 import numpy as np
 import torch
 
+from training.analog import pair_levels, to_tiles
+
 __all__ = ["accumulate", "accumulate_torch"]
 
 
@@ -103,18 +105,8 @@ def accumulate_torch(weight: torch.Tensor, before: torch.Tensor, acc: torch.Tens
     k = torch.clamp(torch.round(target / step), -top, top)
     weight.data.copy_(torch.where(due, k * step, before))
     acc[due] = 0.0
-    tr, tc, rows, cols = held.shape
-    pairs = cols // 2
-    out_f, in_f = weight.shape
-    padded = k.new_zeros((tc * pairs, tr * rows))
-    padded[:out_f, :in_f] = k
-    kt = padded.reshape(tc, pairs, tr, rows).permute(2, 0, 3, 1).to(torch.int16)
-    sel = torch.zeros((tc * pairs, tr * rows), dtype=torch.bool, device=k.device)
-    sel[:out_f, :in_f] = due
-    sel = sel.reshape(tc, pairs, tr, rows).permute(2, 0, 3, 1).repeat_interleave(2, dim=-1)
-    new = torch.empty(held.shape, dtype=torch.int16, device=k.device)
-    new[..., 0::2] = torch.clamp(kt, min=0)
-    new[..., 1::2] = torch.clamp(-kt, min=0)
+    new = pair_levels(to_tiles(k, held.shape).to(torch.int16))
+    sel = to_tiles(due, held.shape, False).repeat_interleave(2, dim=-1)
     select = sel & (new != held)
     if not bool(select.any()):
         return None

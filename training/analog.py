@@ -80,6 +80,7 @@ from surrogate.statistical import StatisticalProgramming
 from surrogate.tile import PreparedTiles, TileSurrogate
 
 __all__ = ["AnalogChip", "AnalogTiles", "AnalogLinear", "AnalogConv2d", "from_digital",
+           "to_tiles", "pair_levels",
            "analog_layers", "WriteStats", "ProgramPlan", "program_plans",
            "StatisticalProgramming", "PROGRAMMING", "NonFiniteValues"]
 
@@ -218,6 +219,26 @@ class WriteStats:
     failures: int
 
 
+def to_tiles(m: torch.Tensor, shape: tuple[int, ...], fill: float = 0.0) -> torch.Tensor:
+    """A layer's (out, in) matrix in the tile layout ``shape`` (tile rows, tile cols, R, C)
+    of its weights: (tile rows, tile cols, R, C / 2), transposed, padded with ``fill``,
+    blocked (the module docstring's mapping)."""
+    tr, tc, rows, cols = shape
+    pairs = cols // 2
+    padded = m.new_full((tc * pairs, tr * rows), fill)
+    padded[:m.shape[0], :m.shape[1]] = m
+    return padded.reshape(tc, pairs, tr, rows).permute(2, 0, 3, 1)
+
+
+def pair_levels(k: torch.Tensor) -> torch.Tensor:
+    """Signed weight levels ``k`` (..., pairs) int16 as the two devices' levels (..., 2
+    pairs): ``max(k, 0)`` on the first of a pair, ``max(-k, 0)`` on the second."""
+    out = k.new_empty((*k.shape[:-1], 2 * k.shape[-1]))
+    out[..., 0::2] = torch.clamp(k, min=0)
+    out[..., 1::2] = torch.clamp(-k, min=0)
+    return out
+
+
 class AnalogTiles(nn.Module):
     """A weight matrix (out x in) mapped onto a grid of tiles of one chip (module docstring).
 
@@ -276,11 +297,7 @@ class AnalogTiles(nn.Module):
 
     def _to_tiles(self, m: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """(out, in) -> (tile rows, tile cols, R, pairs): transposed, padded, blocked."""
-        tr, tc = self.grid
-        r, p = self.chip.rows, self.chip.pairs
-        padded = m.new_full((tc * p, tr * r), fill)
-        padded[:self.out_features, :self.in_features] = m
-        return padded.reshape(tc, p, tr, r).permute(2, 0, 3, 1)
+        return to_tiles(m, (*self.grid, self.chip.rows, self.chip.cols), fill)
 
     def _from_tiles(self, t: torch.Tensor) -> torch.Tensor:
         """(tile rows, tile cols, R, pairs) -> (out, in)."""
@@ -293,11 +310,7 @@ class AnalogTiles(nn.Module):
         """Per device (tile layout), the level index its conductance should take for ``w``."""
         top = self.levels - 1
         k = torch.clamp(torch.round(w / (self.w_max / top)), -top, top).to(torch.int16)
-        kt = self._to_tiles(k.to(torch.float32)).to(torch.int16)          # (tr, tc, R, P)
-        out = torch.zeros((*kt.shape[:3], self.chip.cols), dtype=torch.int16, device=k.device)
-        out[..., 0::2] = torch.clamp(kt, min=0)
-        out[..., 1::2] = torch.clamp(-kt, min=0)
-        return out
+        return pair_levels(self._to_tiles(k.to(torch.float32)).to(torch.int16))
 
     def weight_device_writes(self) -> torch.Tensor:
         """Write counts of the two devices of every weight, (out, in, 2) (padding devices of

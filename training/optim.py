@@ -98,7 +98,7 @@ class MixedPrecisionOptimizer:
                 if due is not None:
                     plans.append(layer.plan_selected(*due))
             else:
-                target = old + (layer.weight.detach() - old)
+                target = old + (layer.weight.detach() - old)      # old + delta, rounded
                 layer.weight.data.copy_(old)
                 plans.append(layer.plan(target, only_changed=False))
         stats = program_plans(plans)
